@@ -1,0 +1,290 @@
+"""Kraken's wire formats: the one place that turns a Kraken message into trade records.
+
+WebSocket v2 frames go through `parse_frame`; REST `/0/public/Trades` rows go through
+`trades_from_rest_rows`. Both validate every field, so a malformed message becomes a counted
+rejection with a reason, never an exception in the caller and never a lost good trade.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+
+from trades_platform.trade import Source, Trade, parse_time_iso, seconds_to_time_us
+
+# Frames larger than this are rejected unparsed: Kraken's largest real frames are a few kB.
+MAX_FRAME_BYTES = 1_048_576
+
+
+class _KrakenTradeItem(BaseModel):
+    """One element of a `trade` frame's `data` array, as Kraken documents it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    symbol: str = Field(pattern=r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$")
+    side: Literal["buy", "sell"]
+    # Strict: Kraken sends JSON numbers; a string here means the format changed under us.
+    price: StrictFloat | StrictInt = Field(gt=0)
+    qty: StrictFloat | StrictInt = Field(gt=0)
+    ord_type: Literal["market", "limit"]
+    trade_id: StrictInt = Field(gt=0)
+    timestamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedItem:
+    """A part of a message that could not be turned into a trade, and why."""
+
+    reason: str
+    raw: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TradesMessage:
+    """A `trade` channel frame: its valid trades and whatever items were rejected."""
+
+    trades: list[Trade]
+    rejected: list[RejectedItem]
+    is_snapshot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatusMessage:
+    """The `status` frame Kraken sends on connect and when the system state changes."""
+
+    system: str
+    api_version: str | None
+    version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeAck:
+    """The acknowledgment of one symbol of a subscribe request."""
+
+    symbol: str | None
+    success: bool
+    error: str | None
+    req_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Kraken's once-a-second liveness frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to our application-level ping."""
+
+    req_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMessage:
+    """A method response with `success: false` that is not a subscribe ack."""
+
+    method: str | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoredMessage:
+    """A well-formed frame this platform has no use for (another channel, another method)."""
+
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedMessage:
+    """A frame that is not valid Kraken JSON at all; the raw text goes to the dead-letter log."""
+
+    reason: str
+    raw: str | bytes = field(repr=False)
+
+
+KrakenMessage = (
+    TradesMessage
+    | StatusMessage
+    | SubscribeAck
+    | Heartbeat
+    | Pong
+    | ErrorMessage
+    | IgnoredMessage
+    | MalformedMessage
+)
+
+
+def parse_frame(raw: str | bytes, source: Source = "live") -> KrakenMessage:
+    """Parse one WebSocket v2 frame; never raises on bad input."""
+    if len(raw) > MAX_FRAME_BYTES:
+        return MalformedMessage(f"frame of {len(raw)} bytes exceeds {MAX_FRAME_BYTES}", raw)
+    try:
+        frame = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        return MalformedMessage(f"invalid JSON: {error}", raw)
+    if not isinstance(frame, dict):
+        return MalformedMessage(f"frame is a JSON {type(frame).__name__}, not an object", raw)
+
+    channel = frame.get("channel")
+    if channel == "trade":
+        return _trades_message(frame, raw, source)
+    if channel == "heartbeat":
+        return Heartbeat()
+    if channel == "status":
+        return _status_message(frame, raw)
+    if channel is not None:
+        return IgnoredMessage(f"channel {channel!r}")
+
+    method = frame.get("method")
+    if method == "pong":
+        return Pong(req_id=_optional_int(frame.get("req_id")))
+    if method == "subscribe":
+        return _subscribe_ack(frame)
+    if frame.get("success") is False:
+        return ErrorMessage(method=_optional_str(method), error=str(frame.get("error")))
+    if method is not None:
+        return IgnoredMessage(f"method {method!r}")
+    return MalformedMessage("frame has neither a channel nor a method", raw)
+
+
+def _trades_message(frame: dict[str, Any], raw: str | bytes, source: Source) -> KrakenMessage:
+    frame_type = frame.get("type")
+    data = frame.get("data")
+    if frame_type not in ("snapshot", "update"):
+        return MalformedMessage(f"trade frame with type {frame_type!r}", raw)
+    if not isinstance(data, list):
+        return MalformedMessage("trade frame without a data array", raw)
+    trades: list[Trade] = []
+    rejected: list[RejectedItem] = []
+    for item in data:
+        trade_or_reason = _trade_from_item(item, source)
+        if isinstance(trade_or_reason, Trade):
+            trades.append(trade_or_reason)
+        else:
+            rejected.append(RejectedItem(trade_or_reason, item))
+    return TradesMessage(trades=trades, rejected=rejected, is_snapshot=frame_type == "snapshot")
+
+
+def _trade_from_item(item: Any, source: Source) -> Trade | str:
+    """One v2 trade item -> a Trade, or the reason it was rejected."""
+    try:
+        checked = _KrakenTradeItem.model_validate(item)
+        price, qty = float(checked.price), float(checked.qty)
+        if not (math.isfinite(price) and math.isfinite(qty)):
+            return "price or qty is not finite"
+        time_us = parse_time_iso(checked.timestamp)
+    except ValidationError as error:
+        return _short_validation_reason(error)
+    except (TypeError, ValueError) as error:
+        return f"invalid trade: {error}"
+    return Trade.from_parts(
+        pair=checked.symbol,
+        price=price,
+        volume=qty,
+        time_us=time_us,
+        trade_id=checked.trade_id,
+        side=checked.side,
+        ord_type=checked.ord_type,
+        source=source,
+    )
+
+
+def _status_message(frame: dict[str, Any], raw: str | bytes) -> KrakenMessage:
+    data = frame.get("data")
+    if not isinstance(data, list) or not data or not isinstance(data[0], dict):
+        return MalformedMessage("status frame without data", raw)
+    status = data[0]
+    return StatusMessage(
+        system=str(status.get("system")),
+        api_version=_optional_str(status.get("api_version")),
+        version=_optional_str(status.get("version")),
+    )
+
+
+def _subscribe_ack(frame: dict[str, Any]) -> SubscribeAck:
+    result = frame.get("result")
+    symbol = frame.get("symbol")
+    if symbol is None and isinstance(result, dict):
+        symbol = result.get("symbol")
+    return SubscribeAck(
+        symbol=_optional_str(symbol),
+        success=frame.get("success") is True,
+        error=_optional_str(frame.get("error")),
+        req_id=_optional_int(frame.get("req_id")),
+    )
+
+
+_REST_SIDES: dict[str, Literal["buy", "sell"]] = {"b": "buy", "s": "sell"}
+_REST_ORDER_TYPES: dict[str, Literal["market", "limit"]] = {"m": "market", "l": "limit"}
+
+
+@dataclass(frozen=True, slots=True)
+class RestTradeRow:
+    """A validated REST trade row, before it becomes a record (its time decides its partition)."""
+
+    trade_id: int
+    time_us: int
+    price: float
+    volume: float
+    side: Literal["buy", "sell"]
+    ord_type: Literal["market", "limit"]
+
+    def to_trade(self, pair: str, source: Source) -> Trade:
+        """The topic record for this row."""
+        return Trade.from_parts(
+            pair=pair,
+            price=self.price,
+            volume=self.volume,
+            time_us=self.time_us,
+            trade_id=self.trade_id,
+            side=self.side,
+            ord_type=self.ord_type,
+            source=source,
+        )
+
+
+def parse_rest_row(row: Any) -> RestTradeRow | str:
+    """One `/0/public/Trades` row `[price, volume, time, b|s, m|l, misc, id]` -> row or reason."""
+    if not isinstance(row, list) or len(row) < 7:
+        return "row is not a list of 7 fields"
+    price_text, volume_text, time_s, side, ord_type, _misc, trade_id = row[:7]
+    if not isinstance(price_text, str) or not isinstance(volume_text, str):
+        return "price and volume must be decimal strings"
+    if side not in _REST_SIDES or ord_type not in _REST_ORDER_TYPES:
+        return f"unknown side {side!r} or order type {ord_type!r}"
+    if type(trade_id) is not int or trade_id <= 0:
+        return f"trade id {trade_id!r} is not a positive integer"
+    if type(time_s) not in (int, float) or not math.isfinite(time_s) or time_s <= 0:
+        return f"time {time_s!r} is not a positive number"
+    try:
+        price, volume = float(price_text), float(volume_text)
+    except ValueError:
+        return f"price {price_text!r} or volume {volume_text!r} is not a number"
+    if not (math.isfinite(price) and price > 0 and math.isfinite(volume) and volume > 0):
+        return f"price {price_text!r} and volume {volume_text!r} must be finite and positive"
+    return RestTradeRow(
+        trade_id=trade_id,
+        time_us=seconds_to_time_us(time_s),
+        price=price,
+        volume=volume,
+        side=_REST_SIDES[side],
+        ord_type=_REST_ORDER_TYPES[ord_type],
+    )
+
+
+def _short_validation_reason(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "item"
+    return f"invalid trade: {location}: {first['msg']} (got {first.get('input')!r})"
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,312 @@
+"""A resilient Kraken WebSocket v2 `trade` subscription.
+
+`KrakenTradeStream.batches()` yields the trades of each frame, in order, across reconnects:
+it resubscribes with exponential back-off and jitter, reconnects when the link goes silent past
+the watchdog, drops trades a snapshot repeats after a reconnect, and reports id gaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+import websocket
+
+from trades_platform.kraken.protocol import (
+    ErrorMessage,
+    Heartbeat,
+    IgnoredMessage,
+    MalformedMessage,
+    Pong,
+    RejectedItem,
+    StatusMessage,
+    SubscribeAck,
+    TradesMessage,
+    parse_frame,
+)
+from trades_platform.trade import Source, Trade
+
+logger = logging.getLogger(__name__)
+
+
+class UnsupportedPairError(ValueError):
+    """Kraken refused to subscribe a pair: retrying cannot help, the configuration is wrong."""
+
+    def __init__(self, pair: str, kraken_error: str | None) -> None:
+        super().__init__(
+            f"Kraken does not support pair {pair!r}: {kraken_error or 'no reason given'}"
+        )
+        self.pair = pair
+
+
+class _Reconnect(Exception):
+    """Internal: the current connection is unusable; open a new one."""
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How to reach Kraken and how patient to be with it."""
+
+    url: str
+    pairs: Sequence[str]
+    snapshot: bool = True
+    # Kraken's reconnection guide: about 5 s without any frame (heartbeats included) is a dead link.
+    watchdog_seconds: float = 5.0
+    connect_timeout_seconds: float = 10.0
+    subscribe_timeout_seconds: float = 10.0
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    # How often `batches()` yields even without trades, so the caller can log and check its bounds.
+    idle_yield_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class TradeGap:
+    """Trade ids a pair skipped: Kraken ids are sequential per pair, so these were missed."""
+
+    pair: str
+    first_missing_id: int
+    last_missing_id: int
+    after_time_us: int
+
+
+@dataclass(frozen=True)
+class RejectedFrame:
+    """A frame, or part of one, that could not be used, and why."""
+
+    reason: str
+    raw: object
+
+
+@dataclass
+class StreamStats:
+    """Counters a caller can report while the stream runs."""
+
+    connections: int = 0
+    reconnects: int = 0
+    frames: int = 0
+    trades: int = 0
+    rejected: int = 0
+    repeated_skipped: int = 0
+    gaps: int = 0
+    missing_trades: int = 0
+    last_trade_id: dict[str, int] = field(default_factory=dict)
+    last_trade_time_us: dict[str, int] = field(default_factory=dict)
+
+
+class KrakenTradeStream:
+    """Subscribes to Kraken's `trade` channel and yields batches of new trades until closed."""
+
+    def __init__(
+        self,
+        settings: StreamSettings,
+        *,
+        source: Source = "live",
+        on_rejected: Callable[[RejectedFrame], None] | None = None,
+        on_gap: Callable[[TradeGap], None] | None = None,
+        log: logging.Logger = logger,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not settings.pairs:
+            raise ValueError("no pairs configured: set KRAKEN_PAIRS, e.g. 'BTC/USD,ETH/USD'")
+        self.settings = settings
+        self.stats = StreamStats()
+        self._source: Source = source
+        self._on_rejected = on_rejected
+        self._on_gap = on_gap
+        self._log = log
+        self._sleep = sleep
+        self._socket: websocket.WebSocket | None = None
+        self._request_ids = itertools.count(1)
+        self._closed = False
+        # Consecutive failed connections; reset once a subscription is fully acknowledged.
+        self._failures = 0
+
+    def batches(self) -> Iterator[list[Trade]]:
+        """Yield each frame's new trades; yield `[]` when idle so the caller keeps control."""
+        while not self._closed:
+            try:
+                self._connect()
+                yield from self._read_until_broken()
+            except _Reconnect as reason:
+                self._disconnect()
+                if self._closed:
+                    return
+                self._failures += 1
+                self.stats.reconnects += 1
+                delay = self._backoff_delay(self._failures)
+                self._log.warning(
+                    f"Kraken connection lost ({reason}); reconnect #{self.stats.reconnects} "
+                    f"in {delay:.2f}s"
+                )
+                yield from self._sleep_yielding(delay)
+        self._disconnect()
+
+    def close(self) -> None:
+        """Stop the stream and close the socket; safe to call more than once."""
+        self._closed = True
+        self._disconnect()
+
+    def _connect(self) -> None:
+        settings = self.settings
+        try:
+            self._socket = websocket.create_connection(
+                settings.url,
+                timeout=settings.connect_timeout_seconds,
+                skip_utf8_validation=True,
+                enable_multithread=False,
+            )
+        except (OSError, websocket.WebSocketException) as error:
+            raise _Reconnect(f"connect to {settings.url} failed: {error}") from error
+        self.stats.connections += 1
+        self._socket.settimeout(min(settings.idle_yield_seconds, settings.watchdog_seconds))
+        self._send(
+            {
+                "method": "subscribe",
+                "params": {
+                    "channel": "trade",
+                    "symbol": list(settings.pairs),
+                    # Always explicit: Kraken's documented default and its behaviour disagree.
+                    "snapshot": settings.snapshot,
+                },
+                "req_id": next(self._request_ids),
+            }
+        )
+        self._log.info(f"Connected to {settings.url}; subscribing to trade for {settings.pairs}")
+
+    def _read_until_broken(self) -> Iterator[list[Trade]]:
+        settings = self.settings
+        awaiting_ack = set(settings.pairs)
+        connected_at = time.monotonic()
+        last_frame_at = connected_at
+        ping_sent = False
+        while not self._closed:
+            raw = self._receive()
+            now = time.monotonic()
+            if raw is None:
+                silence = now - last_frame_at
+                if silence > settings.watchdog_seconds:
+                    raise _Reconnect(f"no frame for {silence:.1f}s (watchdog)")
+                if awaiting_ack and now - connected_at > settings.subscribe_timeout_seconds:
+                    raise _Reconnect(f"no subscribe ack for {sorted(awaiting_ack)}")
+                if silence > settings.watchdog_seconds / 2 and not ping_sent:
+                    self._send({"method": "ping", "req_id": next(self._request_ids)})
+                    ping_sent = True
+                yield []
+                continue
+            last_frame_at = now
+            ping_sent = False
+            self.stats.frames += 1
+            message = parse_frame(raw, self._source)
+            if isinstance(message, TradesMessage):
+                self._reject_items(message.rejected)
+                yield self._new_trades(message.trades)
+            elif isinstance(message, SubscribeAck):
+                self._check_ack(message, awaiting_ack)
+            elif isinstance(message, MalformedMessage):
+                self._reject(RejectedFrame(message.reason, message.raw))
+            elif isinstance(message, StatusMessage):
+                log = self._log.info if message.system == "online" else self._log.warning
+                log(f"Kraken status: system={message.system} version={message.version}")
+            elif isinstance(message, ErrorMessage):
+                self._log.warning(f"Kraken error for {message.method}: {message.error}")
+            elif isinstance(message, (Heartbeat, Pong, IgnoredMessage)):
+                pass
+
+    def _receive(self) -> str | bytes | None:
+        """The next frame, or None when nothing arrived within the poll interval."""
+        assert self._socket is not None
+        try:
+            return self._socket.recv()
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (OSError, websocket.WebSocketException) as error:
+            raise _Reconnect(f"receive failed: {type(error).__name__}: {error}") from error
+
+    def _send(self, request: dict[str, object]) -> None:
+        assert self._socket is not None
+        try:
+            self._socket.send(orjson.dumps(request).decode())
+        except (OSError, websocket.WebSocketException) as error:
+            raise _Reconnect(f"send failed: {error}") from error
+
+    def _check_ack(self, ack: SubscribeAck, awaiting_ack: set[str]) -> None:
+        if ack.success:
+            awaiting_ack.discard(ack.symbol or "")
+            if not awaiting_ack:
+                self._failures = 0
+            return
+        if ack.symbol in self.settings.pairs:
+            raise UnsupportedPairError(ack.symbol, ack.error)
+        self._log.warning(f"Kraken refused a subscription: {ack.error}")
+
+    def _new_trades(self, trades: list[Trade]) -> list[Trade]:
+        """Drop trades already seen (a snapshot after a reconnect repeats them); note id gaps."""
+        stats = self.stats
+        fresh: list[Trade] = []
+        for trade in trades:
+            last_id = stats.last_trade_id.get(trade.pair)
+            if last_id is not None:
+                if trade.trade_id <= last_id:
+                    stats.repeated_skipped += 1
+                    continue
+                if trade.trade_id > last_id + 1:
+                    self._note_gap(
+                        TradeGap(
+                            trade.pair,
+                            last_id + 1,
+                            trade.trade_id - 1,
+                            stats.last_trade_time_us[trade.pair],
+                        )
+                    )
+            stats.last_trade_id[trade.pair] = trade.trade_id
+            stats.last_trade_time_us[trade.pair] = trade.timestamp_ms * 1000
+            fresh.append(trade)
+        stats.trades += len(fresh)
+        return fresh
+
+    def _note_gap(self, gap: TradeGap) -> None:
+        missing = gap.last_missing_id - gap.first_missing_id + 1
+        self.stats.gaps += 1
+        self.stats.missing_trades += missing
+        self._log.warning(
+            f"{gap.pair}: {missing} trade(s) missed, "
+            f"ids {gap.first_missing_id}..{gap.last_missing_id}"
+        )
+        if self._on_gap is not None:
+            self._on_gap(gap)
+
+    def _reject_items(self, items: list[RejectedItem]) -> None:
+        for item in items:
+            self._reject(RejectedFrame(item.reason, item.raw))
+
+    def _reject(self, rejected: RejectedFrame) -> None:
+        self.stats.rejected += 1
+        self._log.warning(f"Skipped bad Kraken input: {rejected.reason}")
+        if self._on_rejected is not None:
+            self._on_rejected(rejected)
+
+    def _backoff_delay(self, failures: int) -> float:
+        """Full-jitter exponential back-off: spreads reconnects of many clients over time."""
+        settings = self.settings
+        ceiling = min(settings.backoff_max_seconds, settings.backoff_initial_seconds * 2**failures)
+        return random.uniform(settings.backoff_initial_seconds, max(ceiling, 1e-3))
+
+    def _sleep_yielding(self, delay: float) -> Iterator[list[Trade]]:
+        """Sleep in short steps, yielding between them so the caller can stop or log meanwhile."""
+        deadline = time.monotonic() + delay
+        while not self._closed and (remaining := deadline - time.monotonic()) > 0:
+            self._sleep(min(remaining, self.settings.idle_yield_seconds))
+            yield []
+
+    def _disconnect(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
+                self._socket.close(timeout=1)
+            self._socket = None

@@ -1,0 +1,127 @@
+"""`live_trades_job`: one long-running op streaming Kraken's live trades into the topic."""
+
+# No `from __future__ import annotations` here: Dagster reads the op's annotations at import.
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from dagster import Config, OpExecutionContext, in_process_executor, job, op
+from pydantic import Field
+
+from trades_platform.kraken.websocket import StreamStats
+from trades_platform.resources import KrakenResource, RedpandaResource
+from trades_platform.trade import Trade
+
+# Runs of the live job carry this tag; dagster.yaml allows one run per value (one per shard).
+LIVE_SHARD_TAG = "trades_platform/live-shard"
+
+
+class LiveTradesConfig(Config):
+    """Run config; leave everything unset for a run that streams until terminated."""
+
+    max_trades: int | None = Field(
+        default=None, gt=0, description="Stop after writing this many trades (CI, tests)"
+    )
+    max_seconds: float | None = Field(
+        default=None, gt=0, description="Stop after streaming this long (CI, tests)"
+    )
+    progress_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often to log throughput and per-pair totals"
+    )
+    pairs: list[str] | None = Field(
+        default=None, description="Pairs for this run (a shard); default: every configured pair"
+    )
+
+
+@dataclass
+class LiveProgress:
+    """Per-pair totals and the throughput since the last report."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    per_pair: Counter[str] = field(default_factory=Counter)
+    total: int = 0
+    last_trade_ms: dict[str, int] = field(default_factory=dict)
+    _reported_at: float = field(default_factory=time.monotonic)
+    _reported_total: int = 0
+
+    def add(self, trades: list[Trade]) -> None:
+        """Count a batch that was handed to the producer."""
+        for trade in trades:
+            self.per_pair[trade.pair] += 1
+            self.last_trade_ms[trade.pair] = trade.timestamp_ms
+        self.total += len(trades)
+
+    def report_due(self, interval_seconds: float) -> bool:
+        """True when the last report is older than the interval."""
+        return time.monotonic() - self._reported_at >= interval_seconds
+
+    def report(self, stats: StreamStats, acknowledged: int) -> str:
+        """One log line: rate, totals per pair, age of the newest trade, connection health."""
+        now = time.monotonic()
+        rate = (self.total - self._reported_total) / max(now - self._reported_at, 1e-9)
+        self._reported_at, self._reported_total = now, self.total
+        wall_ms = time.time() * 1000
+        ages = ", ".join(
+            f"{pair} {(wall_ms - ms) / 1000:.1f}s"
+            for pair, ms in sorted(self.last_trade_ms.items())
+        )
+        totals = ", ".join(f"{pair}={count}" for pair, count in sorted(self.per_pair.items()))
+        return (
+            f"{rate:.1f} trades/s; {self.total} trades written ({acknowledged} acknowledged): "
+            f"{totals or 'none yet'}; last trade age: {ages or 'n/a'}; "
+            f"reconnects={stats.reconnects} rejected={stats.rejected} gaps={stats.gaps}"
+        )
+
+
+@op(description="Streams Kraken trades into the topic until terminated or a configured bound.")
+def stream_live_trades(
+    context: OpExecutionContext,
+    config: LiveTradesConfig,
+    kraken: KrakenResource,
+    redpanda: RedpandaResource,
+) -> None:
+    """Subscribe, write every new trade, log progress; flush and close on any exit."""
+    pairs = config.pairs or kraken.pairs
+    stream = kraken.trade_stream(pairs=pairs, log=context.log)
+    progress = LiveProgress()
+    context.log.info(
+        f"Streaming {pairs} from {kraken.ws_url} to topic {redpanda.topic!r} at "
+        f"{redpanda.broker_address} (max_trades={config.max_trades}, "
+        f"max_seconds={config.max_seconds})"
+    )
+    # try/finally, not except: a UI terminate or SIGTERM arrives as a BaseException.
+    with redpanda.trade_producer() as producer:
+        try:
+            for batch in stream.batches():
+                if config.max_trades is not None:
+                    batch = batch[: config.max_trades - progress.total]
+                if batch:
+                    producer.send(batch)
+                    progress.add(batch)
+                producer.poll()
+                if progress.report_due(config.progress_interval_seconds):
+                    context.log.info(progress.report(stream.stats, producer.acknowledged))
+                if _bound_reached(config, progress):
+                    break
+        finally:
+            stream.close()
+        producer.flush()
+    context.log.info("Finished: " + progress.report(stream.stats, producer.acknowledged))
+
+
+def _bound_reached(config: LiveTradesConfig, progress: LiveProgress) -> bool:
+    if config.max_trades is not None and progress.total >= config.max_trades:
+        return True
+    elapsed = time.monotonic() - progress.started_at
+    return config.max_seconds is not None and elapsed >= config.max_seconds
+
+
+@job(
+    description="Kraken WebSocket v2 trades -> topic; long-running, kept alive by a sensor.",
+    executor_def=in_process_executor,
+    tags={LIVE_SHARD_TAG: "0"},
+)
+def live_trades_job() -> None:
+    """The live ingestion job."""
+    stream_live_trades()

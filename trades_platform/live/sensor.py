@@ -1,0 +1,99 @@
+"""`live_trades_sensor`: keeps exactly one live ingestion run alive.
+
+The rule, in the order it is checked:
+1. A live run is queued, starting, running or being cancelled: do nothing.
+2. No live run ever: launch one.
+3. The newest live run was CANCELED: someone terminated it on purpose (UI or API), so leave
+   ingestion stopped. Launching `live_trades_job` again by hand (Launchpad, `dagster job launch`)
+   resumes it, and the sensor keeps that run alive from then on.
+4. The newest run FAILED (crash, SIGTERM, SIGKILL, lost broker): relaunch once a back-off has
+   passed, doubling with each consecutive failure, so a crash loop cannot flood the instance.
+5. The newest run SUCCEEDED (a bounded run reached its max_trades/max_seconds): relaunch now.
+"""
+
+from __future__ import annotations
+
+import time
+
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
+
+from trades_platform.live.job import LIVE_SHARD_TAG, live_trades_job
+
+ACTIVE_STATUSES = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+FIRST_RETRY_SECONDS = 10.0
+MAX_RETRY_SECONDS = 300.0
+# Failures beyond this many in a row all wait the maximum back-off.
+_FAILURE_HISTORY = 8
+
+
+def relaunch_delay_seconds(consecutive_failures: int) -> float:
+    """Back-off before relaunching after `consecutive_failures` failed runs in a row."""
+    if consecutive_failures <= 0:
+        return 0.0
+    return min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (consecutive_failures - 1))
+
+
+@sensor(
+    job=live_trades_job,
+    minimum_interval_seconds=10,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Keeps one live_trades_job run alive; leaves it stopped after a manual terminate.",
+)
+def live_trades_sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
+    """Decide whether a new live run is needed now (see the module docstring for the rule)."""
+    instance = context.instance
+    job_name = live_trades_job.name
+    active = instance.get_run_records(
+        RunsFilter(job_name=job_name, statuses=ACTIVE_STATUSES), limit=1
+    )
+    if active:
+        run = active[0].dagster_run
+        return SkipReason(f"live run {run.run_id} is {run.status.value}")
+
+    recent = instance.get_run_records(RunsFilter(job_name=job_name), limit=_FAILURE_HISTORY)
+    if not recent:
+        return _launch(previous_run_id=None, why="no live run yet")
+
+    newest = recent[0].dagster_run
+    if newest.status == DagsterRunStatus.CANCELED:
+        return SkipReason(
+            f"live run {newest.run_id} was terminated on purpose; launch live_trades_job "
+            "by hand to resume"
+        )
+    if newest.status == DagsterRunStatus.FAILURE:
+        failures = 0
+        for record in recent:
+            if record.dagster_run.status != DagsterRunStatus.FAILURE:
+                break
+            failures += 1
+        delay = relaunch_delay_seconds(failures)
+        ended_at = recent[0].end_time or recent[0].update_timestamp.timestamp()
+        wait = ended_at + delay - time.time()
+        if wait > 0:
+            return SkipReason(
+                f"live run {newest.run_id} failed ({failures} in a row); relaunching in {wait:.0f}s"
+            )
+        return _launch(newest.run_id, why=f"run {newest.run_id} failed ({failures} in a row)")
+    return _launch(newest.run_id, why=f"run {newest.run_id} ended {newest.status.value}")
+
+
+def _launch(previous_run_id: str | None, why: str) -> RunRequest:
+    # The daemon de-duplicates run keys forever, so the key names the run being replaced.
+    return RunRequest(
+        run_key=f"after-{previous_run_id or 'none'}",
+        tags={LIVE_SHARD_TAG: "0", "trades_platform/launched-because": why[:200]},
+    )

@@ -1,0 +1,157 @@
+"""Writes trade records to the `trades` topic through one Quix Streams producer.
+
+Every writer (live, backfill, heal) goes through `TradeProducer`, so the key, the JSON value, the
+message timestamp and the delivery guarantees are decided in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, Message
+from quixstreams import Application
+from quixstreams.kafka.configuration import ConnectionConfig
+from quixstreams.models import TopicConfig
+
+from trades_platform.trade import Trade
+
+logger = logging.getLogger(__name__)
+
+
+class DeliveryError(RuntimeError):
+    """The broker refused or never acknowledged a trade: the run must fail, not go on silently."""
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    """Where the topic lives and how the producer talks to it."""
+
+    broker_address: str = "127.0.0.1:19092"
+    topic: str = "trades"
+    partitions: int = 3
+    replication_factor: int = 1
+    linger_ms: int = 5
+    compression_type: str = "lz4"
+    # How long the producer keeps retrying one message while the broker is unreachable.
+    delivery_timeout_ms: int = 120_000
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+    def connection(self) -> ConnectionConfig:
+        """Quix Streams connection settings, with SASL/TLS when configured."""
+        options: dict[str, Any] = {"bootstrap_servers": self.broker_address}
+        if self.security_protocol:
+            options["security_protocol"] = self.security_protocol.lower()
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism.upper()
+        if self.sasl_username:
+            options["sasl_username"] = self.sasl_username
+        if self.sasl_password:
+            options["sasl_password"] = self.sasl_password
+        if self.ssl_ca_location:
+            options["ssl_ca_location"] = self.ssl_ca_location
+        return ConnectionConfig(**options)
+
+    def producer_config(self) -> dict[str, Any]:
+        """librdkafka producer settings; idempotence stops retries from writing duplicates."""
+        return {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": self.linger_ms,
+            "compression.type": self.compression_type,
+            "delivery.timeout.ms": self.delivery_timeout_ms,
+            **self.extra_config,
+        }
+
+
+class TradeProducer:
+    """Produces trades with the pair as key and the trade time as message timestamp."""
+
+    def __init__(self, settings: ProducerSettings) -> None:
+        self.settings = settings
+        self._app = Application(
+            broker_address=settings.connection(),
+            producer_extra_config=settings.producer_config(),
+            auto_create_topics=True,
+        )
+        # Declaring the topic creates it on the broker when it does not exist yet.
+        self.topic = self._app.topic(
+            settings.topic,
+            key_serializer="str",
+            value_serializer="json",
+            config=TopicConfig(
+                num_partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+            ),
+        )
+        self._producer = self._app.get_producer()
+        self.sent = 0
+        self.acknowledged = 0
+        self.failed = 0
+        self._first_error: str | None = None
+
+    def send(self, trades: Iterable[Trade]) -> None:
+        """Queue trades for delivery; raises if an earlier delivery has failed."""
+        self._raise_on_failure()
+        topic = self.topic
+        for trade in trades:
+            message = topic.serialize(
+                key=trade.message_key, value=trade.model_dump(), timestamp_ms=trade.timestamp_ms
+            )
+            self._producer.produce(
+                topic.name,
+                message.value,
+                message.key,
+                timestamp=message.timestamp,
+                on_delivery=self._on_delivery,
+            )
+            self.sent += 1
+
+    def poll(self) -> None:
+        """Serve delivery callbacks without blocking."""
+        self._producer.poll(0)
+        self._raise_on_failure()
+
+    @property
+    def pending(self) -> int:
+        """Trades sent but not yet acknowledged or failed."""
+        return self.sent - self.acknowledged - self.failed
+
+    def flush(self, timeout_seconds: float = 30.0) -> None:
+        """Wait until every sent trade is acknowledged; raise if any was not."""
+        remaining = self._producer.flush(timeout_seconds)
+        self._raise_on_failure()
+        if remaining or self.pending:
+            raise DeliveryError(
+                f"{self.pending} trade(s) not acknowledged by {self.settings.broker_address} "
+                f"within {timeout_seconds}s"
+            )
+
+    def close(self, timeout_seconds: float = 30.0) -> None:
+        """Flush what is queued and log, rather than raise, if that fails (used in `finally`)."""
+        try:
+            self.flush(timeout_seconds)
+        except DeliveryError as error:
+            logger.error(f"Closing the producer: {error}")
+
+    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        if error is None:
+            self.acknowledged += 1
+            return
+        self.failed += 1
+        if self._first_error is None:
+            self._first_error = str(error)
+
+    def _raise_on_failure(self) -> None:
+        if self._first_error is not None:
+            raise DeliveryError(
+                f"{self.failed} trade(s) failed delivery to topic {self.settings.topic!r}: "
+                f"{self._first_error}"
+            )
