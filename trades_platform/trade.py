@@ -99,7 +99,10 @@ def format_time_us(time_us: int) -> str:
 
 def parse_time_iso(text: str) -> int:
     """RFC 3339 UTC text (`...Z` or `+00:00`) -> microseconds since the epoch."""
-    moment = datetime.fromisoformat(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"timestamp {text!r} is not RFC 3339") from None
     if moment.tzinfo is None or moment.utcoffset() != timedelta(0):
         raise ValueError(f"timestamp {text!r} is not UTC")
     delta = moment - _EPOCH
