@@ -300,9 +300,11 @@ class KrakenTradeStream:
 
     def _sleep_yielding(self, delay: float) -> Iterator[list[Trade]]:
         """Sleep in short steps, yielding between them so the caller can stop or log meanwhile."""
-        deadline = time.monotonic() + delay
-        while not self._closed and (remaining := deadline - time.monotonic()) > 0:
-            self._sleep(min(remaining, self.settings.idle_yield_seconds))
+        remaining = delay
+        while not self._closed and remaining > 0:
+            step = min(remaining, self.settings.idle_yield_seconds)
+            self._sleep(step)
+            remaining -= step
             yield []
 
     def _disconnect(self) -> None:

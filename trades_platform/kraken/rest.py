@@ -1,0 +1,385 @@
+"""Kraken's public REST API: paced, retrying, paginated trade history for one pair and window.
+
+`KrakenRestClient.trade_pages(pair, start_us, end_us)` yields, page by page, exactly the trades of
+`pair` whose time is in [start_us, end_us), in trade-id order, each once. Rows are parsed by
+`kraken.protocol.parse_rest_row`, the one REST row parser.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import requests
+
+from trades_platform.kraken.pairs import PairDirectory, RestPair, UnknownPairError
+from trades_platform.kraken.protocol import RestTradeRow, parse_rest_row
+from trades_platform.trade import Source, Trade, format_time_us
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 1000  # Kraken's limit for `count`
+_RATE_LIMIT_ERRORS = ("EAPI:Rate limit exceeded", "EGeneral:Too many requests")
+_UNAVAILABLE_ERRORS = ("EService:Unavailable", "EService:Busy")
+_UNKNOWN_PAIR_ERROR = "EQuery:Unknown asset pair"
+
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "KrakenRestClient",
+    "KrakenRestError",
+    "PaginationError",
+    "RestSettings",
+    "RestStats",
+    "TradesPage",
+    "UnknownPairError",
+    "WindowNotClosedError",
+]
+
+
+class KrakenRestError(RuntimeError):
+    """Kraken answered with an error that retrying did not (or cannot) fix."""
+
+
+class PaginationError(KrakenRestError):
+    """Pagination cannot advance without skipping trades."""
+
+
+class WindowNotClosedError(KrakenRestError):
+    """The requested window ends after Kraken's current time: its history is not complete yet."""
+
+
+@dataclass(frozen=True)
+class RestSettings:
+    """Where Kraken's REST API is and how politely to use it."""
+
+    url: str = "https://api.kraken.com"
+    # Kraken's public limit is about one call per second per IP (and, for Trades, per pair).
+    requests_per_second: float = 1.0
+    timeout_seconds: float = 10.0
+    # Network errors, HTTP 5xx and EService errors, per request.
+    max_retries: int = 5
+    # Rate-limit answers, per request: they only slow a run down, so allow many more.
+    max_rate_limit_retries: int = 30
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 60.0
+    page_size: int = MAX_PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if not self.requests_per_second > 0:
+            raise ValueError(f"requests_per_second must be > 0, got {self.requests_per_second}")
+        if not 1 <= self.page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {self.page_size}")
+
+
+@dataclass
+class RestStats:
+    """Counters since the client was created."""
+
+    requests: int = 0
+    pages_fetched: int = 0
+    rate_limit_waits: int = 0
+    retries: int = 0
+    seconds_waited: float = 0.0  # pacer sleeps plus back-off sleeps
+    rows_rejected: int = 0
+    rejected_reasons: Counter[str] = field(default_factory=Counter)
+    duplicates_skipped: int = 0  # rows repeated where consecutive pages overlap
+    invalid_last: int = 0  # pages whose `last` was missing, malformed or not advancing
+
+
+@dataclass(frozen=True, slots=True)
+class TradesPage:
+    """One `/0/public/Trades` answer: its valid rows, in Kraken's order, and its `last`."""
+
+    rows: list[RestTradeRow]
+    last_ns: int | None  # None when missing or not a non-negative integer
+    raw_count: int  # rows in the answer, valid or not
+
+
+class Pacer:
+    """Spaces request starts at least 1/rate apart: never more than `rate` calls per second."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 1.0 / rate
+        self._clock = clock
+        self._sleep = sleep
+        self._next_at: float | None = None
+
+    def wait(self) -> float:
+        """Sleep until the next call may start; return the seconds slept."""
+        now = self._clock()
+        delay = 0.0 if self._next_at is None else max(0.0, self._next_at - now)
+        if delay:
+            self._sleep(delay)
+        self._next_at = now + delay + self.interval
+        return delay
+
+    def push_back(self, seconds: float) -> None:
+        """Hold the next call back at least `seconds` from now (after a rate-limit answer)."""
+        self._next_at = max(self._next_at or 0.0, self._clock() + seconds)
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way worth retrying."""
+
+    def __init__(self, reason: str, *, rate_limited: bool, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.rate_limited = rate_limited
+        self.retry_after = retry_after
+
+
+class KrakenRestClient:
+    """A `requests` session to Kraken's public REST API with a pacer, retries and pagination."""
+
+    def __init__(
+        self,
+        settings: RestSettings,
+        *,
+        log: logging.Logger | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = RestStats()
+        self._log = log or logger
+        self._session = session or requests.Session()
+        self._session.headers.setdefault("User-Agent", "trades-platform-backfill")
+        self._pacer = Pacer(settings.requests_per_second)
+        self._pairs: PairDirectory | None = None
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self._session.close()
+
+    def __enter__(self) -> KrakenRestClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- names -----------------------------------------------------------------------------
+
+    def pair_directory(self) -> PairDirectory:
+        """Kraken's pairs from `/0/public/AssetPairs`, fetched once per client."""
+        if self._pairs is None:
+            result = self._get("AssetPairs", {})
+            if not isinstance(result, dict):
+                raise KrakenRestError("AssetPairs: `result` is not an object")
+            self._pairs = PairDirectory.from_asset_pairs(result)
+        return self._pairs
+
+    def rest_pair(self, pair: str) -> RestPair:
+        """REST names of a WebSocket v2 pair; `UnknownPairError` if Kraken does not list it."""
+        return self.pair_directory().get(pair)
+
+    def server_time_us(self) -> int:
+        """Kraken's clock (`/0/public/Time`), in microseconds; whole seconds are all it gives."""
+        result = self._get("Time", {})
+        unixtime = result.get("unixtime") if isinstance(result, dict) else None
+        if type(unixtime) is not int or unixtime <= 0:
+            raise KrakenRestError(f"Time: unexpected result {result!r}")
+        return unixtime * 1_000_000
+
+    # --- trades ----------------------------------------------------------------------------
+
+    def trades_page(self, pair: RestPair, since_ns: int, count: int | None = None) -> TradesPage:
+        """One `/0/public/Trades` call: trades at or after `since_ns` (nanoseconds, an int)."""
+        if type(since_ns) is not int or since_ns < 0:
+            raise TypeError(f"since_ns must be a non-negative int, got {since_ns!r}")
+        params = {
+            "pair": pair.altname,
+            # A decimal string of an int: floats cannot hold nanoseconds since 1970.
+            "since": str(since_ns),
+            "count": str(count or self.settings.page_size),
+        }
+        result = self._get("Trades", params)
+        if not isinstance(result, dict):
+            raise KrakenRestError(f"Trades {pair.name}: `result` is not an object")
+        # Kraken keys the rows by its canonical name, which may differ from the name asked.
+        keys = [key for key in result if key != "last"]
+        if len(keys) != 1 or not isinstance(result[keys[0]], list):
+            raise KrakenRestError(
+                f"Trades {pair.name}: expected one list of rows besides `last`, got keys {keys}"
+            )
+        raw_rows: list[Any] = result[keys[0]]
+        rows: list[RestTradeRow] = []
+        rejected: Counter[str] = Counter()
+        example: Any = None
+        for raw in raw_rows:
+            row = parse_rest_row(raw)
+            if isinstance(row, RestTradeRow):
+                rows.append(row)
+            else:
+                rejected[row] += 1
+                example = raw if example is None else example
+        if rejected:
+            self.stats.rows_rejected += rejected.total()
+            self.stats.rejected_reasons.update(rejected)
+            self._log.warning(
+                f"Trades {pair.name} since={since_ns}: rejected {rejected.total()} of "
+                f"{len(raw_rows)} rows: {dict(rejected)}; first: {example!r}"
+            )
+        self.stats.pages_fetched += 1
+        return TradesPage(
+            rows=rows, last_ns=_parse_last(result.get("last")), raw_count=len(raw_rows)
+        )
+
+    def trade_pages(
+        self, pair: str, start_us: int, end_us: int, *, source: Source = "backfill"
+    ) -> Iterator[list[Trade]]:
+        """Every trade of `pair` with time in [start_us, end_us), page by page, in id order."""
+        if type(start_us) is not int or type(end_us) is not int or end_us <= start_us:
+            raise ValueError(f"bad window [{start_us!r}, {end_us!r})")
+        rest_pair = self.rest_pair(pair)
+        now_us = self.server_time_us()
+        if end_us > now_us:
+            # Writing part of a day would leave it to be written again (twice) once it is over.
+            raise WindowNotClosedError(
+                f"{pair}: window ends {format_time_us(end_us)}, after Kraken's current time "
+                f"{format_time_us(now_us)}; its history is not complete yet"
+            )
+        since_ns = start_us * 1000
+        seen: set[int] = set()
+        while True:
+            page = self.trades_page(rest_pair, since_ns)
+            fresh = [row for row in page.rows if row.trade_id not in seen]
+            self.stats.duplicates_skipped += len(page.rows) - len(fresh)
+            seen.update(row.trade_id for row in fresh)
+            in_window = sorted(
+                (row for row in fresh if start_us <= row.time_us < end_us),
+                key=lambda row: row.trade_id,
+            )
+            reached_end = any(row.time_us >= end_us for row in fresh)
+            yield [row.to_trade(pair, source) for row in in_window]
+            if reached_end:
+                return
+            next_since = self._next_since(page, since_ns)
+            if next_since is None:
+                if page.raw_count >= self.settings.page_size:
+                    raise PaginationError(
+                        f"Trades {pair}: a full page at since={since_ns} gives no later `last` "
+                        f"({page.last_ns}) and no later trade; paging on would skip trades"
+                    )
+                # A short page that moves nothing forward: history ends here, and the window
+                # closed before it (checked above), so the window is complete.
+                return
+            since_ns = next_since
+
+    def _next_since(self, page: TradesPage, since_ns: int) -> int | None:
+        """The next page's `since`: never past the last trade seen, always past `since_ns`."""
+        newest_row_ns = max((row.time_us for row in page.rows), default=-1) * 1000
+        candidates = [value for value in (page.last_ns, newest_row_ns) if value > since_ns]
+        if page.rows and (page.last_ns is None or page.last_ns <= since_ns):
+            self.stats.invalid_last += 1
+            self._log.warning(
+                f"Trades since={since_ns}: `last` is {page.last_ns!r}; continuing from the "
+                "newest row instead"
+            )
+        if not candidates:
+            return None
+        # The smaller one: a `last` beyond the newest row could skip trades; overlap is harmless.
+        return min(candidates)
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    def _get(self, endpoint: str, params: dict[str, str]) -> Any:
+        """GET /0/public/<endpoint>: paced, retried; returns `result` or raises."""
+        url = f"{self.settings.url.rstrip('/')}/0/public/{endpoint}"
+        failures = rate_limited = 0
+        while True:
+            self.stats.seconds_waited += self._pacer.wait()
+            self.stats.requests += 1
+            try:
+                return self._attempt(url, endpoint, params)
+            except _Retry as retry:
+                if retry.rate_limited:
+                    rate_limited += 1
+                    attempt, limit = rate_limited, self.settings.max_rate_limit_retries
+                    self.stats.rate_limit_waits += 1
+                else:
+                    failures += 1
+                    attempt, limit = failures, self.settings.max_retries
+                    self.stats.retries += 1
+                if attempt > limit:
+                    raise KrakenRestError(
+                        f"{endpoint} {params}: giving up after {attempt} attempts: {retry.reason}"
+                    ) from None
+                delay = max(self._backoff(attempt), retry.retry_after or 0.0)
+                self._log.warning(
+                    f"{endpoint} {params}: {retry.reason}; retry {attempt}/{limit} in {delay:.2f}s"
+                )
+                # Through the pacer, so the wait also holds back whatever call comes next.
+                self._pacer.push_back(delay)
+
+    def _attempt(self, url: str, endpoint: str, params: dict[str, str]) -> Any:
+        try:
+            response = self._session.get(url, params=params, timeout=self.settings.timeout_seconds)
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise _Retry(f"{type(error).__name__}: {error}", rate_limited=False) from None
+        status = response.status_code
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = None
+        errors = body.get("error") if isinstance(body, dict) else None
+        messages = [str(message) for message in errors] if isinstance(errors, list) else []
+        if status == 429 or any(m.startswith(_RATE_LIMIT_ERRORS) for m in messages):
+            raise _Retry(
+                f"rate limited (HTTP {status}, {messages})",
+                rate_limited=True,
+                retry_after=_retry_after(response),
+            )
+        if status >= 500 or any(m.startswith(_UNAVAILABLE_ERRORS) for m in messages):
+            raise _Retry(f"unavailable (HTTP {status}, {messages})", rate_limited=False)
+        if not isinstance(body, dict):
+            # Proxies and Cloudflare answer with HTML; a 200 with no JSON is as transient.
+            raise _Retry(f"HTTP {status} with a body that is not a JSON object", rate_limited=False)
+        if messages:
+            if any(m.startswith(_UNKNOWN_PAIR_ERROR) for m in messages) and "pair" in params:
+                raise KrakenRestError(f"{endpoint}: Kraken does not know pair {params['pair']!r}")
+            raise KrakenRestError(f"{endpoint} {params}: Kraken error {messages}")
+        if status != 200:
+            raise KrakenRestError(f"{endpoint} {params}: HTTP {status}")
+        if errors is None or "result" not in body:
+            raise KrakenRestError(f"{endpoint} {params}: answer without `error` and `result`")
+        return body["result"]
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, capped, with jitter so that parallel runs do not retry in step."""
+        ceiling = min(
+            self.settings.backoff_max_seconds,
+            self.settings.backoff_initial_seconds * 2 ** (attempt - 1),
+        )
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    @property
+    def pacer_interval_seconds(self) -> float:
+        """The minimum spacing between two calls."""
+        return self._pacer.interval
+
+
+def _parse_last(value: Any) -> int | None:
+    """`last` as an int of nanoseconds; anything else (a float included) is not trusted."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return min(float(value), 300.0) if value is not None else None
+    except ValueError:
+        return None

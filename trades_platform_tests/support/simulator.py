@@ -1,0 +1,86 @@
+"""Runs the Kraken simulator as a real subprocess on a free port, as users and CI do."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+_READY = re.compile(r"ready (?P<ws>ws://\S+) rest (?P<rest>http://\S+)")
+
+
+class SimulatorProcess:
+    """`python -m trades_platform.simulator` with the given flags, for one test or module."""
+
+    def __init__(self, *flags: str) -> None:
+        self._flags: Sequence[str] = flags
+        self._process: subprocess.Popen[str] | None = None
+        self.ws_url = ""
+        self.rest_url = ""
+        self.output: list[str] = []
+
+    def start(self, timeout_seconds: float = 20.0) -> SimulatorProcess:
+        """Start it and wait for its ready line."""
+        command = [sys.executable, "-m", "trades_platform.simulator", "--port", "0", *self._flags]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
+        if not ready.wait(timeout_seconds):
+            self.stop()
+            raise RuntimeError("simulator did not get ready:\n" + "".join(self.output))
+        return self
+
+    def _pump(self, ready: threading.Event) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            self.output.append(line)
+            match = _READY.search(line)
+            if match and not ready.is_set():
+                self.ws_url, self.rest_url = match["ws"], match["rest"]
+                ready.set()
+
+    def set_faults(self, **switches: Any) -> dict[str, Any]:
+        """Flip fault switches at runtime through the control endpoint."""
+        return self._request("/_simulator/faults", switches)
+
+    def stats(self) -> dict[str, Any]:
+        """The simulator's counters."""
+        return self._request("/_simulator/stats")
+
+    def _request(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.rest_url + path, data=data, method="POST" if data else "GET"
+        )
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        """Stop it."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def __enter__(self) -> SimulatorProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,87 @@
+"""Reads a topic back, from the beginning, with a real Kafka client."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+
+@dataclass(frozen=True)
+class TopicRecord:
+    """One message: decoded key and value plus the broker's timestamp."""
+
+    key: str
+    value: dict[str, Any]
+    timestamp_ms: int
+    partition: int
+
+
+def unique_topic(prefix: str = "trades-test") -> str:
+    """A topic name no other test uses (the broker lives for the whole session)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def read_topic(
+    broker: str, topic: str, *, expected: int | None = None, idle_seconds: float = 3.0
+) -> list[TopicRecord]:
+    """Every record in the topic, read committed; stops at `expected` or after a quiet spell."""
+    admin = AdminClient({"bootstrap.servers": broker})
+    metadata = admin.list_topics(topic, timeout=10).topics[topic]
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.assign([TopicPartition(topic, partition, 0) for partition in metadata.partitions])
+    records: list[TopicRecord] = []
+    last_message_at = time.monotonic()
+    try:
+        while time.monotonic() - last_message_at < idle_seconds:
+            if expected is not None and len(records) >= expected:
+                # Keep reading briefly: a duplicate would arrive after the expected count.
+                idle_seconds = min(idle_seconds, 1.0)
+            message = consumer.poll(0.2)
+            if message is None:
+                continue
+            if message.error():
+                raise RuntimeError(f"consumer error: {message.error()}")
+            last_message_at = time.monotonic()
+            records.append(
+                TopicRecord(
+                    key=(message.key() or b"").decode(),
+                    value=orjson.loads(message.value()),
+                    timestamp_ms=message.timestamp()[1],
+                    partition=message.partition(),
+                )
+            )
+    finally:
+        consumer.close()
+    return records
+
+
+def ids_by_pair(records: list[TopicRecord]) -> dict[str, list[int]]:
+    """Trade ids per pair, in topic order."""
+    by_pair: dict[str, list[int]] = {}
+    for record in records:
+        by_pair.setdefault(record.value["pair"], []).append(record.value["trade_id"])
+    return by_pair
+
+
+def duplicated_ids(records: list[TopicRecord]) -> dict[str, list[int]]:
+    """Ids that appear more than once, per pair (should always be empty)."""
+    duplicates: dict[str, list[int]] = {}
+    for pair, ids in ids_by_pair(records).items():
+        repeated = sorted(trade_id for trade_id, count in Counter(ids).items() if count > 1)
+        if repeated:
+            duplicates[pair] = repeated
+    return duplicates
