@@ -104,10 +104,16 @@ def stream_live_trades(
                     context.log.info(progress.report(stream.stats, producer.acknowledged))
                 if _bound_reached(config, progress):
                     break
+            # A normal end fails the run if the broker did not acknowledge everything.
+            producer.flush()
         finally:
             stream.close()
-        producer.flush()
-    context.log.info("Finished: " + progress.report(stream.stats, producer.acknowledged))
+            producer.close()
+            context.log.info(
+                f"Stopped: {progress.total} trades written, {producer.acknowledged} acknowledged "
+                f"by the broker, {producer.failed} failed; "
+                + progress.report(stream.stats, producer.acknowledged)
+            )
 
 
 def _bound_reached(config: LiveTradesConfig, progress: LiveProgress) -> bool:

@@ -1,0 +1,142 @@
+"""Fault switches (settable from the CLI and at runtime) and the malformed frames they emit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Trade ids used in malformed items: never a real id (real ids start at 1), so a client that
+# drops malformed items loses nothing real.
+FAKE_TRADE_ID = 0
+
+MALFORMED_KINDS: tuple[str, ...] = (
+    "invalid_json",
+    "missing_price",
+    "string_qty",
+    "negative_price",
+    "non_finite_price",
+    "unknown_channel",
+    "oversized",
+)
+OVERSIZED_BYTES = (1 << 20) + 4096  # just over the 1 MiB that common clients accept
+
+# REST rate-limit answers the rest_rate_limit_next fault cycles through: (HTTP status, error).
+RATE_LIMIT_ANSWERS: tuple[tuple[int, str], ...] = (
+    (200, "EAPI:Rate limit exceeded"),
+    (200, "EGeneral:Too many requests"),
+    (429, "EAPI:Rate limit exceeded"),
+)
+
+
+@dataclass(slots=True)
+class FaultSwitches:
+    """Faults to inject; None or 0 switches a fault off."""
+
+    # Close each WebSocket abruptly (no close frame, the client sees 1006) after N trades.
+    drop_after_trades: int | None = None
+    # Once per connection, after N trades, send nothing at all for stall_seconds.
+    stall_after_trades: int | None = None
+    stall_seconds: float = 5.0
+    # After every N-th trade frame, send one extra malformed frame (kinds cycle).
+    malformed_every_frames: int | None = None
+    # Answer the next N REST data requests with rate-limit errors.
+    rest_rate_limit_next: int = 0
+    # Which RATE_LIMIT_ANSWERS entry the next forced rate-limit error uses.
+    rate_limit_cycle: int = dataclasses.field(default=0, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the public switches as a JSON-ready dict."""
+        return {
+            "drop_after_trades": self.drop_after_trades,
+            "stall_after_trades": self.stall_after_trades,
+            "stall_seconds": self.stall_seconds,
+            "malformed_every_frames": self.malformed_every_frames,
+            "rest_rate_limit_next": self.rest_rate_limit_next,
+        }
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Apply a subset of switches atomically; ValueError (nothing applied) if invalid."""
+        parsed: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name in ("drop_after_trades", "stall_after_trades", "malformed_every_frames"):
+                parsed[name] = _optional_count(name, value)
+            elif name == "stall_seconds":
+                parsed[name] = _seconds(name, value)
+            elif name == "rest_rate_limit_next":
+                parsed[name] = _optional_count(name, value) or 0
+            else:
+                raise ValueError(f"unknown fault field: {name!r}")
+        for name, value in parsed.items():
+            setattr(self, name, value)
+
+    def take_rate_limit_answer(self) -> tuple[int, str] | None:
+        """Consume one forced REST rate-limit answer, if any are pending."""
+        if self.rest_rate_limit_next <= 0:
+            return None
+        self.rest_rate_limit_next -= 1
+        answer = RATE_LIMIT_ANSWERS[self.rate_limit_cycle % len(RATE_LIMIT_ANSWERS)]
+        self.rate_limit_cycle += 1
+        return answer
+
+
+def _optional_count(name: str, value: Any) -> int | None:
+    """Accept None, or an int >= 0 where 0 means off (None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer or null, got {value!r}")
+    return value or None
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return float(value)
+
+
+def malformed_frame(kind_index: int, symbol: str, timestamp: str) -> str:
+    """Return the text of malformed frame number kind_index (cycling through MALFORMED_KINDS)."""
+    kind = MALFORMED_KINDS[kind_index % len(MALFORMED_KINDS)]
+    item: dict[str, Any] = {
+        "symbol": symbol,
+        "side": "buy",
+        "price": 1.0,
+        "qty": 1.0,
+        "ord_type": "market",
+        "trade_id": FAKE_TRADE_ID,
+        "timestamp": timestamp,
+    }
+    if kind == "invalid_json":
+        good = json.dumps(_trade_frame(item), separators=(",", ":"))
+        return good[: len(good) // 2]  # cut mid-object
+    if kind == "missing_price":
+        del item["price"]
+    elif kind == "string_qty":
+        item["qty"] = "1.0"
+    elif kind == "negative_price":
+        item["price"] = -1.0
+    elif kind == "non_finite_price":
+        # json.dumps would write the non-standard token Infinity; real parsers see 1e999.
+        text = json.dumps(_trade_frame(item), separators=(",", ":"))
+        return text.replace('"price":1.0', '"price":1e999')
+    elif kind == "unknown_channel":
+        return json.dumps(
+            {"channel": "simulator_bogus", "type": "update", "data": [{"note": "malformed"}]},
+            separators=(",", ":"),
+        )
+    elif kind == "oversized":
+        # A trade frame with no trades, padded past 1 MiB.
+        frame = {"channel": "trade", "type": "update", "data": [], "padding": ""}
+        text = json.dumps(frame, separators=(",", ":"))
+        return text.replace('"padding":""', '"padding":"' + "x" * OVERSIZED_BYTES + '"')
+    return json.dumps(_trade_frame(item), separators=(",", ":"))
+
+
+def _trade_frame(item: dict[str, Any]) -> dict[str, Any]:
+    return {"channel": "trade", "type": "update", "data": [item]}

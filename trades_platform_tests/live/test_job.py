@@ -1,0 +1,204 @@
+"""The live job end to end: simulator -> Dagster run -> real broker -> a consumer reads it back."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterInstance, DagsterRunStatus, instance_for_test
+
+from trades_platform.live.job import live_trades_job
+from trades_platform.resources import KrakenResource, RedpandaResource
+from trades_platform.simulator.market import SimulatedMarket
+from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform_tests.support.topic import (
+    TopicRecord,
+    duplicated_ids,
+    ids_by_pair,
+    read_topic,
+    unique_topic,
+)
+
+PAIRS = ["BTC/USD", "ETH/USD"]
+RATE = 25.0
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[SimulatorProcess]:
+    with SimulatorProcess("--pairs", ",".join(PAIRS), "--trades-per-second", str(RATE)) as running:
+        yield running
+
+
+def _run_config(**config: object) -> dict[str, object]:
+    return {"ops": {"stream_live_trades": {"config": {"progress_interval_seconds": 1, **config}}}}
+
+
+def assert_every_trade_once_and_true_to_kraken(records: list[TopicRecord]) -> None:
+    """Each pair's ids form one unbroken run with no repeats; each record matches the market."""
+    assert not duplicated_ids(records)
+    market = SimulatedMarket(PAIRS, RATE)
+    for pair, ids in ids_by_pair(records).items():
+        assert sorted(ids) == list(range(min(ids), max(ids) + 1)), f"{pair} lost trades"
+        # One key per pair keeps a pair's trades in one partition, in order.
+        assert ids == sorted(ids), f"{pair} out of order"
+    for record in records:
+        value = record.value
+        expected = market.trade(value["pair"], value["trade_id"])
+        assert record.key == value["pair"].replace("/", "-")
+        assert record.timestamp_ms == value["timestamp_ms"] == expected.time_us // 1000
+        assert value["timestamp"].endswith("Z")
+        assert (value["price"], value["volume"], value["side"], value["ord_type"]) == (
+            expected.price,
+            expected.qty,
+            expected.side,
+            expected.ord_type,
+        )
+        assert value["exchange"] == "kraken" and value["source"] == "live"
+
+
+def test_every_streamed_trade_lands_once(simulator: SimulatorProcess, broker: str) -> None:
+    topic = unique_topic()
+    with instance_for_test() as instance:
+        result = live_trades_job.execute_in_process(
+            run_config=_run_config(max_trades=300),
+            resources={
+                "kraken": KrakenResource(ws_url=simulator.ws_url, pairs=PAIRS),
+                "redpanda": RedpandaResource(broker_address=broker, topic=topic),
+            },
+            instance=instance,
+        )
+        logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert result.success
+    records = read_topic(broker, topic, expected=300)
+    assert len(records) == 300
+    assert set(ids_by_pair(records)) == set(PAIRS)
+    assert_every_trade_once_and_true_to_kraken(records)
+    # Progress lines in the run log: rate, per-pair totals, age of the newest trade.
+    progress = [line for line in logs if "trades/s" in line and "last trade age" in line]
+    assert progress and all("BTC/USD=" in line for line in progress[1:])
+    assert any("Stopped: 300 trades written, 300 acknowledged" in line for line in logs)
+
+
+def test_reconnects_mid_run_and_still_writes_each_trade_once(broker: str) -> None:
+    topic = unique_topic()
+    flags = ("--pairs", ",".join(PAIRS), "--trades-per-second", str(RATE))
+    with SimulatorProcess(*flags, "--drop-after-trades", "150") as dropping:
+        kraken = KrakenResource(ws_url=dropping.ws_url, pairs=PAIRS, backoff_initial_seconds=0.1)
+        result = live_trades_job.execute_in_process(
+            run_config=_run_config(max_trades=500),
+            resources={
+                "kraken": kraken,
+                "redpanda": RedpandaResource(broker_address=broker, topic=topic),
+            },
+        )
+        assert dropping.stats()["drops"] >= 2
+    assert result.success
+    records = read_topic(broker, topic, expected=500)
+    assert len(records) == 500
+    assert_every_trade_once_and_true_to_kraken(records)
+
+
+def test_an_unsupported_pair_fails_the_run_with_its_name(
+    simulator: SimulatorProcess, broker: str
+) -> None:
+    result = live_trades_job.execute_in_process(
+        run_config=_run_config(max_seconds=30),
+        resources={
+            "kraken": KrakenResource(ws_url=simulator.ws_url, pairs=["BTC/USD", "FAKE/USD"]),
+            "redpanda": RedpandaResource(broker_address=broker, topic=unique_topic()),
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("stream_live_trades")
+    assert failure is not None
+    assert failure.error is not None
+    assert "does not support pair 'FAKE/USD'" in failure.error.to_string()
+
+
+def _cli_env(simulator: SimulatorProcess, broker: str, topic: str, home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        KRAKEN_WS_URL=simulator.ws_url,
+        KRAKEN_REST_URL=simulator.rest_url,
+        KRAKEN_PAIRS=",".join(PAIRS),
+        KAFKA_BROKER_ADDRESS=broker,
+        KAFKA_TOPIC=topic,
+        DAGSTER_HOME=str(home),
+    )
+    return env
+
+
+def test_cli_job_execute_with_a_bounded_config(
+    simulator: SimulatorProcess, broker: str, tmp_path: Path
+) -> None:
+    topic = unique_topic()
+    config = tmp_path / "live.yaml"
+    config.write_text(yaml.safe_dump(_run_config(max_trades=120)))
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    command = [
+        sys.executable, "-m", "dagster", "job", "execute",
+        "-m", "trades_platform.definitions", "-j", "live_trades_job", "-c", str(config),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command,
+        env=_cli_env(simulator, broker, topic, tmp_path),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    records = read_topic(broker, topic, expected=120)
+    assert len(records) == 120
+    assert_every_trade_once_and_true_to_kraken(records)
+    # The run is recorded in the instance at DAGSTER_HOME, where the UI would show it.
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        (record,) = instance.get_run_records()
+        assert record.dagster_run.job_name == "live_trades_job"
+        assert record.dagster_run.status == DagsterRunStatus.SUCCESS
+
+
+def test_sigterm_flushes_every_trade_and_closes(
+    simulator: SimulatorProcess, broker: str, tmp_path: Path
+) -> None:
+    topic = unique_topic()
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    command = [
+        sys.executable, "-m", "dagster", "job", "execute",
+        "-m", "trades_platform.definitions", "-j", "live_trades_job",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        env=_cli_env(simulator, broker, topic, tmp_path),
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    assert process.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in process.stdout:
+        output.append(line)
+        if "trades written" in line or time.monotonic() > deadline:
+            break
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=60)
+    output.append(rest)
+    text = "".join(output)
+    stopped = [line for line in text.splitlines() if "Stopped:" in line]
+    assert stopped, text[-4000:]
+    written = int(stopped[-1].split("Stopped: ")[1].split(" trades written")[0])
+    assert f"{written} trades written, {written} acknowledged" in stopped[-1]
+    records = read_topic(broker, topic, expected=written)
+    assert written > 0
+    assert len(records) == written
+    assert_every_trade_once_and_true_to_kraken(records)
