@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dagster import Definitions, EnvVar
 
+from trades_platform.backfill.asset import kraken_trades_history
+from trades_platform.backfill.checks import kraken_trades_history_checks
+from trades_platform.backfill.job import backfill_trades_job, daily_backfill_schedule
 from trades_platform.live.job import live_trades_job
 from trades_platform.live.sensor import live_trades_sensor
 from trades_platform.resources import KrakenResource, RedpandaResource
@@ -18,6 +21,13 @@ def build_resources() -> dict[str, object]:
             rest_url=env_or_default("KRAKEN_REST_URL", "https://api.kraken.com"),
             pairs=configured_pairs(),
             watchdog_seconds=env_or_default("KRAKEN_WATCHDOG_SECONDS", 5.0),
+            rest_requests_per_second=env_or_default("KRAKEN_REST_REQUESTS_PER_SECOND", 1.0),
+            rest_timeout_seconds=env_or_default("KRAKEN_REST_TIMEOUT_SECONDS", 10.0),
+            rest_max_retries=env_or_default("KRAKEN_REST_MAX_RETRIES", 5),
+            rest_max_rate_limit_retries=env_or_default("KRAKEN_REST_MAX_RATE_LIMIT_RETRIES", 30),
+            rest_backoff_initial_seconds=env_or_default("KRAKEN_REST_BACKOFF_INITIAL_SECONDS", 1.0),
+            rest_backoff_max_seconds=env_or_default("KRAKEN_REST_BACKOFF_MAX_SECONDS", 60.0),
+            rest_page_size=env_or_default("KRAKEN_REST_PAGE_SIZE", 1000),
         ),
         "redpanda": RedpandaResource(
             broker_address=env_or_default("KAFKA_BROKER_ADDRESS", "127.0.0.1:19092"),
@@ -41,7 +51,10 @@ def _is_set(name: str) -> bool:
 
 
 defs = Definitions(
-    jobs=[live_trades_job],
+    assets=[kraken_trades_history],
+    asset_checks=[kraken_trades_history_checks],
+    jobs=[live_trades_job, backfill_trades_job],
+    schedules=[daily_backfill_schedule],
     sensors=[live_trades_sensor],
     resources=build_resources(),
 )

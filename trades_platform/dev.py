@@ -13,6 +13,7 @@ Ctrl-C stops everything this command started.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from trades_platform.local_broker import DEFAULT_PORT as BROKER_PORT
-from trades_platform.local_broker import LocalBroker, wait_for_port
+from trades_platform.local_broker import LocalBroker, free_port, wait_for_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KRAKEN_HOST = "ws.kraken.com"
@@ -52,8 +53,9 @@ def prepare_dagster_home(project_root: Path = PROJECT_ROOT) -> Path:
 class DevStack:
     """Starts the pieces in order and stops them in reverse."""
 
-    def __init__(self, webserver_port: int, offline: bool) -> None:
+    def __init__(self, webserver_port: int, offline: bool, simulator_port: int) -> None:
         self.webserver_port = webserver_port
+        self.simulator_port = simulator_port or free_port()
         self.offline = offline
         self.env = dict(os.environ)
         self._broker: LocalBroker | None = None
@@ -121,20 +123,27 @@ class DevStack:
                 "-m",
                 "trades_platform.simulator",
                 "--port",
-                str(SIMULATOR_PORT),
+                str(self.simulator_port),
                 "--pairs",
                 pairs,
             ],
         )
-        wait_for_port("127.0.0.1", SIMULATOR_PORT, timeout_seconds=30)
-        self.env["KRAKEN_WS_URL"] = f"ws://127.0.0.1:{SIMULATOR_PORT}/v2"
-        self.env["KRAKEN_REST_URL"] = f"http://127.0.0.1:{SIMULATOR_PORT}"
+        wait_for_port("127.0.0.1", self.simulator_port, timeout_seconds=30)
+        self.env["KRAKEN_WS_URL"] = f"ws://127.0.0.1:{self.simulator_port}/v2"
+        self.env["KRAKEN_REST_URL"] = f"http://127.0.0.1:{self.simulator_port}"
 
     def _spawn(self, name: str, command: list[str], log_to_terminal: bool = False) -> None:
         # Log files keep the terminal readable; Dagster's own output is what users watch.
         output = None if log_to_terminal else open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        # Own process group: Ctrl-C reaches only this launcher, which then stops each group
+        # (with everything it spawned, such as the live run's worker) in order.
         process = subprocess.Popen(
-            command, env=self.env, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT
+            command,
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._processes.append((name, process))
 
@@ -150,15 +159,25 @@ class DevStack:
 
     def stop(self) -> None:
         """Stop Dagster first (it flushes the live run), then the simulator and the broker."""
-        for _name, process in reversed(self._processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        for name, process in reversed(self._processes):
+            print(f"Stopping {name}...", flush=True)
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+            # Run workers outlive `dagster dev`'s own exit by a moment; stop them too.
+            time.sleep(1)
+            _signal_group(process, signal.SIGKILL)
         if self._broker is not None:
             self._broker.stop()
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Send a signal to the process group a child leads, if it is still there."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
 
 
 def _stop_on_sigterm(_signum: int, _frame: object) -> None:
@@ -177,8 +196,11 @@ def main() -> int:
         default=os.environ.get("TRADES_PLATFORM_OFFLINE") == "1",
         help="use the simulator even when Kraken is reachable",
     )
+    parser.add_argument(
+        "--simulator-port", type=int, default=SIMULATOR_PORT, help="0 picks a free port"
+    )
     args = parser.parse_args()
-    stack = DevStack(args.port, args.offline)
+    stack = DevStack(args.port, args.offline, args.simulator_port)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         stack.start()

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from trades_platform.kraken.rest import MAX_PAGE_SIZE, KrakenRestClient, RestSettings
 from trades_platform.kraken.websocket import (
     KrakenTradeStream,
     RejectedFrame,
@@ -33,6 +34,39 @@ class KrakenResource(ConfigurableResource):
     connect_timeout_seconds: float = 10.0
     backoff_initial_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
+    rest_requests_per_second: float = Field(
+        default=1.0,
+        gt=0,
+        description="Client-side pace of REST calls; Kraken's public limit is about 1/s per IP "
+        "(KRAKEN_REST_REQUESTS_PER_SECOND)",
+    )
+    rest_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Per REST call (KRAKEN_REST_TIMEOUT_SECONDS)"
+    )
+    rest_max_retries: int = Field(
+        default=5,
+        ge=0,
+        description="Retries of one REST call after network errors, 5xx or EService errors "
+        "(KRAKEN_REST_MAX_RETRIES)",
+    )
+    rest_max_rate_limit_retries: int = Field(
+        default=30,
+        ge=0,
+        description="Retries of one REST call after rate-limit answers "
+        "(KRAKEN_REST_MAX_RATE_LIMIT_RETRIES)",
+    )
+    rest_backoff_initial_seconds: float = Field(
+        default=1.0, ge=0, description="First back-off after a failed REST call"
+    )
+    rest_backoff_max_seconds: float = Field(
+        default=60.0, ge=0, description="Longest back-off between two REST attempts"
+    )
+    rest_page_size: int = Field(
+        default=MAX_PAGE_SIZE,
+        ge=1,
+        le=MAX_PAGE_SIZE,
+        description="Trades per /0/public/Trades page (`count`; KRAKEN_REST_PAGE_SIZE)",
+    )
 
     def trade_stream(
         self,
@@ -59,6 +93,25 @@ class KrakenResource(ConfigurableResource):
             log=log or logging.getLogger("trades_platform.kraken"),
             on_rejected=on_rejected,
             on_gap=on_gap,
+        )
+
+    def rest_settings(self) -> RestSettings:
+        """The plain settings object the REST client is built from."""
+        return RestSettings(
+            url=self.rest_url,
+            requests_per_second=self.rest_requests_per_second,
+            timeout_seconds=self.rest_timeout_seconds,
+            max_retries=self.rest_max_retries,
+            max_rate_limit_retries=self.rest_max_rate_limit_retries,
+            backoff_initial_seconds=self.rest_backoff_initial_seconds,
+            backoff_max_seconds=self.rest_backoff_max_seconds,
+            page_size=self.rest_page_size,
+        )
+
+    def rest_client(self, *, log: logging.Logger | None = None) -> KrakenRestClient:
+        """A REST client (one HTTP session, one pacer); use it as a context manager."""
+        return KrakenRestClient(
+            self.rest_settings(), log=log or logging.getLogger("trades_platform.kraken")
         )
 
 

@@ -102,7 +102,12 @@ class TradesPage:
 
 
 class Pacer:
-    """Spaces request starts at least 1/rate apart: never more than `rate` calls per second."""
+    """At most `rate` calls per second: each call starts 1/rate after the previous one ended.
+
+    Spacing from the end of a call, not its start, keeps the calls 1/rate apart as the server
+    sees them too: spaced starts arrive unevenly (connection set-up, scheduling), and a call
+    landing a millisecond early is exactly what a server's strict limiter rejects.
+    """
 
     def __init__(
         self,
@@ -121,8 +126,13 @@ class Pacer:
         delay = 0.0 if self._next_at is None else max(0.0, self._next_at - now)
         if delay:
             self._sleep(delay)
+        # Until `done` is called, a call in flight holds the next one back a full interval.
         self._next_at = now + delay + self.interval
         return delay
+
+    def done(self) -> None:
+        """The call that `wait` let through has ended (answered or failed)."""
+        self._next_at = max(self._next_at or 0.0, self._clock() + self.interval)
 
     def push_back(self, seconds: float) -> None:
         """Hold the next call back at least `seconds` from now (after a rate-limit answer)."""
@@ -238,6 +248,11 @@ class KrakenRestClient:
         self, pair: str, start_us: int, end_us: int, *, source: Source = "backfill"
     ) -> Iterator[list[Trade]]:
         """Every trade of `pair` with time in [start_us, end_us), page by page, in id order."""
+        for rows in self.trade_rows(pair, start_us, end_us):
+            yield [row.to_trade(pair, source) for row in rows]
+
+    def trade_rows(self, pair: str, start_us: int, end_us: int) -> Iterator[list[RestTradeRow]]:
+        """Like `trade_pages`, as validated rows (their exact microsecond times included)."""
         if type(start_us) is not int or type(end_us) is not int or end_us <= start_us:
             raise ValueError(f"bad window [{start_us!r}, {end_us!r})")
         rest_pair = self.rest_pair(pair)
@@ -248,7 +263,8 @@ class KrakenRestClient:
                 f"{pair}: window ends {format_time_us(end_us)}, after Kraken's current time "
                 f"{format_time_us(now_us)}; its history is not complete yet"
             )
-        since_ns = start_us * 1000
+        # 1 ns early, so that a trade at exactly start_us comes even if `since` is exclusive.
+        since_ns = max(0, start_us * 1000 - 1)
         seen: set[int] = set()
         while True:
             page = self.trades_page(rest_pair, since_ns)
@@ -259,9 +275,9 @@ class KrakenRestClient:
                 (row for row in fresh if start_us <= row.time_us < end_us),
                 key=lambda row: row.trade_id,
             )
-            reached_end = any(row.time_us >= end_us for row in fresh)
-            yield [row.to_trade(pair, source) for row in in_window]
-            if reached_end:
+            yield in_window
+            # Stop at the first page that crosses the window's end: never fetch far past it.
+            if any(row.time_us >= end_us for row in fresh):
                 return
             next_since = self._next_since(page, since_ns)
             if next_since is None:
@@ -276,19 +292,24 @@ class KrakenRestClient:
             since_ns = next_since
 
     def _next_since(self, page: TradesPage, since_ns: int) -> int | None:
-        """The next page's `since`: never past the last trade seen, always past `since_ns`."""
-        newest_row_ns = max((row.time_us for row in page.rows), default=-1) * 1000
-        candidates = [value for value in (page.last_ns, newest_row_ns) if value > since_ns]
-        if page.rows and (page.last_ns is None or page.last_ns <= since_ns):
+        """The next page's `since`, or None when nothing moves past `since_ns`.
+
+        One nanosecond before the newest trade seen: whether Kraken reads `since` as inclusive
+        or not, a later trade sharing that time is asked for again (the repeats are dropped).
+        A `last` beyond the newest row is not trusted further than that row.
+        """
+        newest_row_ns = page.rows and max(row.time_us for row in page.rows) * 1000
+        last_ns = page.last_ns
+        if last_ns is not None and last_ns - 1 <= since_ns:
+            last_ns = None
+        if last_ns is None and newest_row_ns and newest_row_ns - 1 > since_ns:
             self.stats.invalid_last += 1
             self._log.warning(
-                f"Trades since={since_ns}: `last` is {page.last_ns!r}; continuing from the "
-                "newest row instead"
+                f"Trades since={since_ns}: `last` is {page.last_ns!r}, not past `since`; "
+                f"continuing from the newest row ({newest_row_ns})"
             )
-        if not candidates:
-            return None
-        # The smaller one: a `last` beyond the newest row could skip trades; overlap is harmless.
-        return min(candidates)
+        candidates = [v - 1 for v in (last_ns, newest_row_ns) if v and v - 1 > since_ns]
+        return min(candidates) if candidates else None
 
     # --- HTTP ------------------------------------------------------------------------------
 
@@ -300,7 +321,7 @@ class KrakenRestClient:
             self.stats.seconds_waited += self._pacer.wait()
             self.stats.requests += 1
             try:
-                return self._attempt(url, endpoint, params)
+                return self._paced_attempt(url, endpoint, params)
             except _Retry as retry:
                 if retry.rate_limited:
                     rate_limited += 1
@@ -320,6 +341,12 @@ class KrakenRestClient:
                 )
                 # Through the pacer, so the wait also holds back whatever call comes next.
                 self._pacer.push_back(delay)
+
+    def _paced_attempt(self, url: str, endpoint: str, params: dict[str, str]) -> Any:
+        try:
+            return self._attempt(url, endpoint, params)
+        finally:
+            self._pacer.done()
 
     def _attempt(self, url: str, endpoint: str, params: dict[str, str]) -> Any:
         try:

@@ -1,6 +1,10 @@
 """`live_trades_sensor`: keeps exactly one live ingestion run alive.
 
 The rule, in the order it is checked:
+0. A run marked STARTED whose worker has written nothing to the event log for
+   `LIVE_RUN_STALE_SECONDS` (default 120; the live op logs progress every few seconds) is dead:
+   its process was killed or its machine went away without telling the instance. It is marked
+   FAILURE, and rule 4 replaces it.
 1. A live run is queued, starting, running or being cancelled: do nothing.
 2. No live run ever: launch one.
 3. The newest live run was CANCELED: someone terminated it on purpose (UI or API), so leave
@@ -13,9 +17,12 @@ The rule, in the order it is checked:
 
 from __future__ import annotations
 
+import os
 import time
 
 from dagster import (
+    DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -62,7 +69,12 @@ def live_trades_sensor(context: SensorEvaluationContext) -> RunRequest | SkipRea
     )
     if active:
         run = active[0].dagster_run
-        return SkipReason(f"live run {run.run_id} is {run.status.value}")
+        silence = _seconds_since_last_event(instance, run)
+        if run.status != DagsterRunStatus.STARTED or silence < stale_after_seconds():
+            return SkipReason(f"live run {run.run_id} is {run.status.value}")
+        message = f"no event from the run worker for {silence:.0f}s: presumed dead"
+        context.log.warning(f"Marking live run {run.run_id} failed: {message}")
+        instance.report_run_failed(run, message)
 
     recent = instance.get_run_records(RunsFilter(job_name=job_name), limit=_FAILURE_HISTORY)
     if not recent:
@@ -89,6 +101,18 @@ def live_trades_sensor(context: SensorEvaluationContext) -> RunRequest | SkipRea
             )
         return _launch(newest.run_id, why=f"run {newest.run_id} failed ({failures} in a row)")
     return _launch(newest.run_id, why=f"run {newest.run_id} ended {newest.status.value}")
+
+
+def stale_after_seconds() -> float:
+    """How long a STARTED live run may stay silent before it is presumed dead."""
+    return float(os.environ.get("LIVE_RUN_STALE_SECONDS", "120"))
+
+
+def _seconds_since_last_event(instance: DagsterInstance, run: DagsterRun) -> float:
+    newest = instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
+    if not newest:
+        return 0.0
+    return time.time() - newest[0].timestamp
 
 
 def _launch(previous_run_id: str | None, why: str) -> RunRequest:

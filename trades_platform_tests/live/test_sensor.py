@@ -40,6 +40,7 @@ def _record_status_at(
 ) -> None:
     """Record a run status change at a given time, as the run worker would report it."""
     event_type = {
+        DagsterRunStatus.STARTED: DagsterEventType.RUN_START,
         DagsterRunStatus.FAILURE: DagsterEventType.RUN_FAILURE,
         DagsterRunStatus.SUCCESS: DagsterEventType.RUN_SUCCESS,
         DagsterRunStatus.CANCELED: DagsterEventType.RUN_CANCELED,
@@ -65,8 +66,8 @@ def test_launches_when_no_live_run_exists(instance: DagsterInstance) -> None:
 
 @pytest.mark.parametrize(
     "status",
-    # QUEUED is in the same filter; a test instance cannot hold a queued run without a
-    # code location origin, so the daemon test in test_dev_stack covers it.
+    # QUEUED is in the same status filter; a test instance cannot hold a queued run without a
+    # code location origin, so it is not listed here.
     [
         DagsterRunStatus.NOT_STARTED,
         DagsterRunStatus.STARTING,
@@ -131,3 +132,22 @@ def test_a_finished_bounded_run_is_replaced_at_once(instance: DagsterInstance) -
     decision = _decide(instance)
     assert isinstance(decision, RunRequest)
     assert decision.run_key == f"after-{run_id}"
+
+
+def test_a_silent_started_run_is_presumed_dead_and_replaced(instance: DagsterInstance) -> None:
+    run_id = _run(instance, DagsterRunStatus.STARTED)
+    _record_status_at(instance, run_id, DagsterRunStatus.STARTED, time.time() - 600)
+    decision = _decide(instance)
+    # Marked failed now, so the first failure's back-off applies before the relaunch.
+    assert isinstance(decision, SkipReason)
+    assert "relaunching in" in (decision.skip_message or "")
+    run = instance.get_run_by_id(run_id)
+    assert run is not None and run.status == DagsterRunStatus.FAILURE
+
+
+def test_a_started_run_that_logs_recently_is_left_alone(instance: DagsterInstance) -> None:
+    run_id = _run(instance, DagsterRunStatus.STARTED)
+    _record_status_at(instance, run_id, DagsterRunStatus.STARTED, time.time() - 5)
+    decision = _decide(instance)
+    assert isinstance(decision, SkipReason)
+    assert "is STARTED" in (decision.skip_message or "")

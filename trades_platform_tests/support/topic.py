@@ -29,9 +29,19 @@ def unique_topic(prefix: str = "trades-test") -> str:
 
 
 def read_topic(
-    broker: str, topic: str, *, expected: int | None = None, idle_seconds: float = 3.0
+    broker: str,
+    topic: str,
+    *,
+    expected: int | None = None,
+    idle_seconds: float = 3.0,
+    max_seconds: float = 120.0,
 ) -> list[TopicRecord]:
-    """Every record in the topic, read committed; stops at `expected` or after a quiet spell."""
+    """Records from the start of the topic, read committed.
+
+    Stops after a quiet spell of `idle_seconds`; with `expected`, one second after that many
+    arrived (a duplicate would show up in that second); in any case after `max_seconds`, so a
+    topic that is still being written to cannot keep it reading forever.
+    """
     admin = AdminClient({"bootstrap.servers": broker})
     metadata = admin.list_topics(topic, timeout=10).topics[topic]
     consumer = Consumer(
@@ -44,12 +54,19 @@ def read_topic(
     )
     consumer.assign([TopicPartition(topic, partition, 0) for partition in metadata.partitions])
     records: list[TopicRecord] = []
-    last_message_at = time.monotonic()
+    started_at = last_message_at = time.monotonic()
+    expected_reached_at: float | None = None
     try:
-        while time.monotonic() - last_message_at < idle_seconds:
+        while True:
+            now = time.monotonic()
             if expected is not None and len(records) >= expected:
-                # Keep reading briefly: a duplicate would arrive after the expected count.
-                idle_seconds = min(idle_seconds, 1.0)
+                expected_reached_at = expected_reached_at or now
+                if now - expected_reached_at >= 1.0:
+                    break
+            elif now - last_message_at >= idle_seconds:
+                break
+            if now - started_at >= max_seconds:
+                break
             message = consumer.poll(0.2)
             if message is None:
                 continue

@@ -1,0 +1,1 @@
+"""Historical backfill: Kraken REST trades -> the trades topic, one UTC day x pair per partition."""

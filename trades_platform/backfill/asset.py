@@ -1,0 +1,146 @@
+"""`kraken_trades_history`: one UTC day of one pair's Kraken trades, from REST into the topic."""
+
+# No `from __future__ import annotations` here: Dagster reads the asset's annotations at import.
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
+from trades_platform.kraken.protocol import RestTradeRow
+from trades_platform.kraken.rest import KrakenRestClient
+from trades_platform.resources import KrakenResource, RedpandaResource
+from trades_platform.trade import format_time_us
+
+# Log progress every this many pages: about every 10 s at Kraken's 1 call/s.
+PROGRESS_EVERY_PAGES = 10
+# All backfill runs share Kraken's per-IP REST limit: dagster.yaml can cap them by this pool.
+KRAKEN_REST_POOL = "kraken_rest"
+
+
+@dataclass
+class BackfillSummary:
+    """What a partition run wrote, kept as columns so pandas can summarise it at the end."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    trade_ids: list[int] = field(default_factory=list)
+    times_us: list[int] = field(default_factory=list)
+    prices: list[float] = field(default_factory=list)
+    volumes: list[float] = field(default_factory=list)
+
+    def add(self, rows: list[RestTradeRow]) -> None:
+        """Record a page that was handed to the producer."""
+        self.trade_ids.extend(row.trade_id for row in rows)
+        self.times_us.extend(row.time_us for row in rows)
+        self.prices.extend(row.price for row in rows)
+        self.volumes.extend(row.volume for row in rows)
+
+    @property
+    def count(self) -> int:
+        """Trades written so far."""
+        return len(self.trade_ids)
+
+    def hourly(self) -> pd.DataFrame:
+        """Trades, id range, price range and volume per UTC hour."""
+        frame = pd.DataFrame(
+            {
+                "time": pd.to_datetime(pd.Series(self.times_us, dtype="int64"), unit="us"),
+                "trade_id": pd.Series(self.trade_ids, dtype="int64"),
+                "price": pd.Series(self.prices, dtype="float64"),
+                "volume": pd.Series(self.volumes, dtype="float64"),
+            }
+        )
+        hourly = frame.groupby(frame["time"].dt.strftime("%H:00")).agg(
+            trades=("trade_id", "size"),
+            first_id=("trade_id", "min"),
+            last_id=("trade_id", "max"),
+            low=("price", "min"),
+            high=("price", "max"),
+            volume=("volume", "sum"),
+        )
+        hourly.index.name = "hour (UTC)"
+        return hourly
+
+    def metadata(
+        self, window: PartitionWindow, client: KrakenRestClient, topic: str
+    ) -> dict[str, Any]:
+        """The materialization's metadata; numbers are plotted across partitions in the UI."""
+        seconds = time.monotonic() - self.started_at
+        stats = client.stats
+        metadata: dict[str, Any] = {
+            "dagster/row_count": self.count,
+            "pair": window.pair,
+            "window": window.describe(),
+            "topic": topic,
+            "pages_fetched": stats.pages_fetched,
+            "requests": stats.requests,
+            "rate_limit_waits": stats.rate_limit_waits,
+            "retries": stats.retries,
+            "seconds_waited": round(stats.seconds_waited, 3),
+            "rows_rejected": stats.rows_rejected,
+            "duplicates_skipped": stats.duplicates_skipped,
+            "seconds": round(seconds, 3),
+            "trades_per_second": round(self.count / seconds, 1) if seconds > 0 else 0.0,
+            "pages_per_second": round(stats.pages_fetched / seconds, 2) if seconds > 0 else 0.0,
+        }
+        if stats.rejected_reasons:
+            metadata["rejected_reasons"] = MetadataValue.json(dict(stats.rejected_reasons))
+        if self.count:
+            metadata.update(
+                {
+                    "first_trade_id": self.trade_ids[0],
+                    "last_trade_id": self.trade_ids[-1],
+                    "first_trade_time": format_time_us(self.times_us[0]),
+                    "last_trade_time": format_time_us(self.times_us[-1]),
+                    "hourly": MetadataValue.md(self.hourly().to_markdown(floatfmt=".8g")),
+                }
+            )
+        return metadata
+
+
+@asset(
+    partitions_def=TRADES_HISTORY_PARTITIONS,
+    description=(
+        "Kraken trades of one pair on one UTC day, fetched from REST /0/public/Trades and written "
+        "to the trades topic (source=backfill). Running a partition again writes the day again."
+    ),
+    kinds={"kafka", "python"},
+    group_name="backfill",
+    pool=KRAKEN_REST_POOL,
+)
+def kraken_trades_history(
+    context: AssetExecutionContext, kraken: KrakenResource, redpanda: RedpandaResource
+) -> MaterializeResult:
+    """Fetch the partition's day page by page, write each page, flush, report."""
+    window = PartitionWindow.from_key(context.partition_key)
+    summary = BackfillSummary()
+    context.log.info(
+        f"Backfilling {window.describe()} from {kraken.rest_url} to topic {redpanda.topic!r} at "
+        f"{redpanda.broker_address} (pace {kraken.rest_requests_per_second} calls/s, "
+        f"{kraken.rest_page_size} trades/page)"
+    )
+    with kraken.rest_client(log=context.log) as client, redpanda.trade_producer() as producer:
+        for rows in client.trade_rows(window.pair, window.start_us, window.end_us):
+            if rows:
+                producer.send(row.to_trade(window.pair, source="backfill") for row in rows)
+                summary.add(rows)
+            producer.poll()
+            if client.stats.pages_fetched % PROGRESS_EVERY_PAGES == 0:
+                reached = format_time_us(summary.times_us[-1]) if summary.count else "none yet"
+                context.log.info(
+                    f"{client.stats.pages_fetched} pages, {summary.count} trades, reached "
+                    f"{reached}; {producer.acknowledged} acknowledged, "
+                    f"{client.stats.rate_limit_waits} rate-limit waits"
+                )
+        # The run succeeds only once the broker acknowledged every trade.
+        producer.flush()
+        metadata = summary.metadata(window, client, redpanda.topic)
+    context.log.info(
+        f"Wrote {summary.count} trades of {window.describe()} in {metadata['seconds']}s "
+        f"({metadata['pages_fetched']} pages, {metadata['rate_limit_waits']} rate-limit waits, "
+        f"{metadata['retries']} retries, {metadata['rows_rejected']} rows rejected)"
+    )
+    return MaterializeResult(metadata=metadata)

@@ -1,0 +1,232 @@
+"""Checks on a `kraken_trades_history` partition, made on what landed in the topic.
+
+Both checks read the pair's records back from the topic, bounded to the partition's day by
+message timestamp (the producer sets it to the trade time), so they prove what consumers see,
+not what the asset meant to write.
+"""
+
+# No `from __future__ import annotations` here: Dagster reads the check's annotations at import.
+
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import orjson
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetRecordsFilter,
+    MetadataValue,
+    multi_asset_check,
+)
+from pydantic import ValidationError
+
+from trades_platform.backfill.asset import kraken_trades_history
+from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
+from trades_platform.backfill.readback import WindowRecord, read_pair_window
+from trades_platform.resources import RedpandaResource
+from trades_platform.trade import Trade
+
+IDS_CHECK = "trade_ids_contiguous"
+RECORDS_CHECK = "records_match_trade_schema"
+_EXAMPLES = 5
+
+_ASSET_KEY = kraken_trades_history.key
+
+
+@dataclass(frozen=True)
+class IdSequenceReport:
+    """How a pair's trade ids in a window line up; holes are lost trades."""
+
+    count: int
+    distinct: int
+    first_id: int | None
+    last_id: int | None
+    holes: int  # ids missing between the first and the last one
+    hole_examples: list[str]  # "after 41 comes 44"
+    duplicates: int  # records beyond the first one of the same id
+    not_increasing: int  # records whose id is not above the previous one in the same partition
+    missing_edges: list[str] = field(default_factory=list)  # reported by the asset, not found
+
+    @property
+    def lost_trades(self) -> bool:
+        """Trades are missing: worse than duplicates, which lose nothing."""
+        return bool(self.holes or self.missing_edges)
+
+    @property
+    def passed(self) -> bool:
+        """Strictly increasing, without holes, and covering what the asset reported."""
+        return not (self.lost_trades or self.duplicates or self.not_increasing)
+
+
+def id_sequence_report(
+    ids_by_partition: Mapping[int, Sequence[int]],
+    expected_first: int | None = None,
+    expected_last: int | None = None,
+) -> IdSequenceReport:
+    """Holes, duplicates and disorder of trade ids given in topic order per Kafka partition."""
+    not_increasing = 0
+    for ids in ids_by_partition.values():
+        not_increasing += sum(1 for before, after in pairwise(ids) if after <= before)
+    all_ids = [trade_id for ids in ids_by_partition.values() for trade_id in ids]
+    distinct = sorted(set(all_ids))
+    hole_examples = [
+        f"after {before} comes {after}"
+        for before, after in pairwise(distinct)
+        if after != before + 1
+    ]
+    first = distinct[0] if distinct else None
+    last = distinct[-1] if distinct else None
+    holes = (last - first + 1 - len(distinct)) if first is not None and last is not None else 0
+    missing_edges: list[str] = []
+    if expected_first is not None and (first is None or first > expected_first):
+        missing_edges.append(f"first trade {expected_first} written by the asset is missing")
+    if expected_last is not None and (last is None or last < expected_last):
+        missing_edges.append(f"last trade {expected_last} written by the asset is missing")
+    return IdSequenceReport(
+        count=len(all_ids),
+        distinct=len(distinct),
+        first_id=first,
+        last_id=last,
+        holes=holes,
+        hole_examples=hole_examples[:_EXAMPLES],
+        duplicates=len(all_ids) - len(distinct),
+        not_increasing=not_increasing,
+        missing_edges=missing_edges,
+    )
+
+
+def invalid_records(records: Sequence[WindowRecord], window: PartitionWindow) -> Counter[str]:
+    """Why records fail the `Trade` schema or do not belong to the window, counted by reason."""
+    reasons: Counter[str] = Counter()
+    for record in records:
+        reason = _invalid_reason(record, window)
+        if reason is not None:
+            reasons[reason] += 1
+    return reasons
+
+
+def _invalid_reason(record: WindowRecord, window: PartitionWindow) -> str | None:
+    try:
+        trade = Trade.model_validate(orjson.loads(record.value))
+    except orjson.JSONDecodeError:
+        return "value is not JSON"
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "record"
+        return f"{location}: {first['msg']}"
+    if trade.pair != window.pair:
+        return f"pair {trade.pair!r} under the key of {window.pair!r}"
+    if trade.timestamp_ms != record.timestamp_ms:
+        return "message timestamp differs from the trade time"
+    return None
+
+
+def _ids_by_partition(records: Sequence[WindowRecord]) -> dict[int, list[int]]:
+    by_partition: dict[int, list[int]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        try:
+            trade_id = orjson.loads(record.value).get("trade_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue  # counted by the schema check
+        if type(trade_id) is int:
+            by_partition.setdefault(record.partition, []).append(trade_id)
+    return by_partition
+
+
+def _reported_edges(context: AssetCheckExecutionContext) -> tuple[int | None, int | None]:
+    """First and last trade id of the partition's latest materialization, if it reported them."""
+    result = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=_ASSET_KEY, asset_partitions=[context.partition_key]),
+        limit=1,
+    )
+    if not result.records:
+        return None, None
+    materialization = result.records[0].asset_materialization
+    metadata: Mapping[str, Any] = materialization.metadata if materialization else {}
+    first, last = metadata.get("first_trade_id"), metadata.get("last_trade_id")
+    return (
+        first.value if first is not None else None,  # type: ignore[union-attr]
+        last.value if last is not None else None,  # type: ignore[union-attr]
+    )
+
+
+@multi_asset_check(
+    specs=[
+        AssetCheckSpec(
+            IDS_CHECK,
+            asset=_ASSET_KEY,
+            partitions_def=TRADES_HISTORY_PARTITIONS,
+            description=(
+                "Read back from the topic: the pair's trade ids in the day are strictly "
+                "increasing and without holes (a hole is a lost trade), and include the first "
+                "and last trade the asset reported."
+            ),
+        ),
+        AssetCheckSpec(
+            RECORDS_CHECK,
+            asset=_ASSET_KEY,
+            partitions_def=TRADES_HISTORY_PARTITIONS,
+            description=(
+                "Read back from the topic: every record of the pair in the day is a valid "
+                "`Trade` of that pair whose message timestamp is its trade time."
+            ),
+        ),
+    ],
+    can_subset=True,
+)
+def kraken_trades_history_checks(
+    context: AssetCheckExecutionContext, redpanda: RedpandaResource
+) -> Iterator[AssetCheckResult]:
+    """Read the partition's window back once and judge it twice."""
+    window = PartitionWindow.from_key(context.partition_key)
+    settings = redpanda.producer_settings()
+    read = read_pair_window(settings, window.pair, window.start_ms, window.end_ms)
+    context.log.info(
+        f"Read back {len(read.records)} records of {window.describe()} from topic "
+        f"{redpanda.topic!r} (scanned {read.scanned} messages)"
+    )
+    common = {"window": window.describe(), "topic": redpanda.topic, "scanned": read.scanned}
+    selected = {key.name for key in context.selected_asset_check_keys}
+
+    if IDS_CHECK in selected:
+        expected_first, expected_last = _reported_edges(context)
+        report = id_sequence_report(_ids_by_partition(read.records), expected_first, expected_last)
+        yield AssetCheckResult(
+            check_name=IDS_CHECK,
+            asset_key=_ASSET_KEY,
+            passed=report.passed,
+            # Duplicates alone lose nothing (issue 4 removes them); holes lose trades.
+            severity=AssetCheckSeverity.ERROR if report.lost_trades else AssetCheckSeverity.WARN,
+            metadata={
+                **common,
+                "records": report.count,
+                "distinct_ids": report.distinct,
+                "first_id": report.first_id if report.first_id is not None else "none",
+                "last_id": report.last_id if report.last_id is not None else "none",
+                "holes": report.holes,
+                "duplicates": report.duplicates,
+                "not_increasing": report.not_increasing,
+                "problems": MetadataValue.json(
+                    {"holes": report.hole_examples, "missing": report.missing_edges}
+                ),
+            },
+        )
+
+    if RECORDS_CHECK in selected:
+        reasons = invalid_records(read.records, window)
+        yield AssetCheckResult(
+            check_name=RECORDS_CHECK,
+            asset_key=_ASSET_KEY,
+            passed=not reasons,
+            metadata={
+                **common,
+                "records": len(read.records),
+                "invalid": reasons.total(),
+                "reasons": MetadataValue.json(dict(reasons.most_common(_EXAMPLES))),
+            },
+        )
