@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -76,6 +77,7 @@ class KrakenResource(ConfigurableResource):
         log: logging.Logger | None = None,
         on_rejected: Callable[[RejectedFrame], None] | None = None,
         on_gap: Callable[[TradeGap], None] | None = None,
+        resume_after: dict[str, tuple[int, int]] | None = None,
     ) -> KrakenTradeStream:
         """A WebSocket `trade` subscription for `pairs` (default: every configured pair)."""
         settings = StreamSettings(
@@ -93,6 +95,7 @@ class KrakenResource(ConfigurableResource):
             log=log or logging.getLogger("trades_platform.kraken"),
             on_rejected=on_rejected,
             on_gap=on_gap,
+            resume_after=resume_after,
         )
 
     def rest_settings(self) -> RestSettings:
@@ -152,9 +155,12 @@ class RedpandaResource(ConfigurableResource):
         )
 
     @contextmanager
-    def trade_producer(self) -> Iterator[TradeProducer]:
+    def trade_producer(self, delivery_timeout_ms: int | None = None) -> Iterator[TradeProducer]:
         """A producer that is flushed on the way out, even when the run is interrupted."""
-        producer = TradeProducer(self.producer_settings())
+        settings = self.producer_settings()
+        if delivery_timeout_ms is not None:
+            settings = replace(settings, delivery_timeout_ms=delivery_timeout_ms)
+        producer = TradeProducer(settings)
         try:
             yield producer
         finally:

@@ -10,6 +10,9 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
+from trades_platform.coverage.claims import BACKFILL_PAGE_BOUND_SECONDS, ClaimBoard
+from trades_platform.coverage.topic_ids import scan_topic_ids
+from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.kraken.protocol import RestTradeRow
 from trades_platform.kraken.rest import KrakenRestClient
 from trades_platform.resources import KrakenResource, RedpandaResource
@@ -23,9 +26,12 @@ KRAKEN_REST_POOL = "kraken_rest"
 
 @dataclass
 class BackfillSummary:
-    """What a partition run wrote, kept as columns so pandas can summarise it at the end."""
+    """The partition's trades (written now or already present), as columns for pandas."""
 
     started_at: float = field(default_factory=time.monotonic)
+    written: int = 0
+    already_present: int = 0
+    left_to_live: int = 0
     trade_ids: list[int] = field(default_factory=list)
     times_us: list[int] = field(default_factory=list)
     prices: list[float] = field(default_factory=list)
@@ -72,6 +78,9 @@ class BackfillSummary:
         stats = client.stats
         metadata: dict[str, Any] = {
             "dagster/row_count": self.count,
+            "written": self.written,
+            "already_present": self.already_present,
+            "left_to_live_writer": self.left_to_live,
             "pair": window.pair,
             "window": window.describe(),
             "topic": topic,
@@ -101,11 +110,34 @@ class BackfillSummary:
         return metadata
 
 
+def _write_page(
+    rows: list[RestTradeRow],
+    window: PartitionWindow,
+    writer: DeduplicatingWriter,
+    board: ClaimBoard,
+    summary: BackfillSummary,
+) -> None:
+    """Write a page's missing ids below any live claim; wait until the broker acknowledged them."""
+    # Checked before every page: the live writer waits out a page's bound after it claims.
+    claim = board.alive_claim(window.pair)
+    below_id = claim.from_id if claim is not None else None
+    before_present = writer.skipped_present
+    written = writer.write(
+        (row.to_trade(window.pair, source="backfill") for row in rows), below_id=below_id
+    )
+    writer.producer.flush(BACKFILL_PAGE_BOUND_SECONDS)
+    summary.add(rows)
+    summary.written += len(written)
+    summary.already_present += writer.skipped_present - before_present
+    summary.left_to_live += len(rows) - len(written) - (writer.skipped_present - before_present)
+
+
 @asset(
     partitions_def=TRADES_HISTORY_PARTITIONS,
     description=(
         "Kraken trades of one pair on one UTC day, fetched from REST /0/public/Trades and written "
-        "to the trades topic (source=backfill). Running a partition again writes the day again."
+        "to the trades topic (source=backfill). Ids already in the topic are not written again, "
+        "so a partition can be re-run safely."
     ),
     kinds={"kafka", "python"},
     group_name="backfill",
@@ -122,11 +154,19 @@ def kraken_trades_history(
         f"{redpanda.broker_address} (pace {kraken.rest_requests_per_second} calls/s, "
         f"{kraken.rest_page_size} trades/page)"
     )
-    with kraken.rest_client(log=context.log) as client, redpanda.trade_producer() as producer:
+    settings = redpanda.producer_settings()
+    # What is already in the topic is never written again (see ARCHITECTURE.md).
+    present = scan_topic_ids(settings, [window.pair])[window.pair].ids
+    board = ClaimBoard(settings, owner=context.run_id)
+    bound_ms = int(BACKFILL_PAGE_BOUND_SECONDS * 1000)
+    with (
+        kraken.rest_client(log=context.log) as client,
+        redpanda.trade_producer(delivery_timeout_ms=bound_ms) as producer,
+    ):
+        writer = DeduplicatingWriter(producer, {window.pair: present})
         for rows in client.trade_rows(window.pair, window.start_us, window.end_us):
             if rows:
-                producer.send(row.to_trade(window.pair, source="backfill") for row in rows)
-                summary.add(rows)
+                _write_page(rows, window, writer, board, summary)
             producer.poll()
             if client.stats.pages_fetched % PROGRESS_EVERY_PAGES == 0:
                 reached = format_time_us(summary.times_us[-1]) if summary.count else "none yet"
@@ -137,9 +177,12 @@ def kraken_trades_history(
                 )
         # The run succeeds only once the broker acknowledged every trade.
         producer.flush()
+        board.close()
         metadata = summary.metadata(window, client, redpanda.topic)
     context.log.info(
-        f"Wrote {summary.count} trades of {window.describe()} in {metadata['seconds']}s "
+        f"{window.describe()}: {summary.count} trades in the window, {summary.written} written, "
+        f"{summary.already_present} already in the topic, {summary.left_to_live} left to the "
+        f"live writer; {metadata['seconds']}s "
         f"({metadata['pages_fetched']} pages, {metadata['rate_limit_waits']} rate-limit waits, "
         f"{metadata['retries']} retries, {metadata['rows_rejected']} rows rejected)"
     )

@@ -74,6 +74,7 @@ class TradeGap:
     first_missing_id: int
     last_missing_id: int
     after_time_us: int
+    before_time_us: int
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,17 @@ class KrakenTradeStream:
         on_gap: Callable[[TradeGap], None] | None = None,
         log: logging.Logger = logger,
         sleep: Callable[[float], None] = time.sleep,
+        resume_after: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         if not settings.pairs:
             raise ValueError("no pairs configured: set KRAKEN_PAIRS, e.g. 'BTC/USD,ETH/USD'")
         self.settings = settings
         self.stats = StreamStats()
+        # (last id, its time in µs) per pair already in the topic: older trades are skipped and a
+        # jump past it is reported as a gap, exactly as after a reconnect.
+        for pair, (last_id, last_time_us) in (resume_after or {}).items():
+            self.stats.last_trade_id[pair] = last_id
+            self.stats.last_trade_time_us[pair] = last_time_us
         self._source: Source = source
         self._on_rejected = on_rejected
         self._on_gap = on_gap
@@ -263,6 +270,7 @@ class KrakenTradeStream:
                             last_id + 1,
                             trade.trade_id - 1,
                             stats.last_trade_time_us[trade.pair],
+                            trade.timestamp_ms * 1000,
                         )
                     )
             stats.last_trade_id[trade.pair] = trade.trade_id

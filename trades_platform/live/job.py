@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from dagster import Config, OpExecutionContext, in_process_executor, job, op
 from pydantic import Field
 
+from trades_platform.coverage.claims import ClaimBoard
+from trades_platform.coverage.topic_ids import scan_topic_ids
+from trades_platform.coverage.writer import DeduplicatingWriter
+from trades_platform.dead_letters import DeadLetterProducer
 from trades_platform.kraken.websocket import StreamStats
+from trades_platform.live.tail import LiveTail, TailStats
+from trades_platform.producer import TradeProducer
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.trade import Trade
 
@@ -31,6 +37,12 @@ class LiveTradesConfig(Config):
     )
     pairs: list[str] | None = Field(
         default=None, description="Pairs for this run (a shard); default: every configured pair"
+    )
+    heal_horizon_seconds: float = Field(
+        default=6 * 3600,
+        gt=0,
+        description="At start, heal from the topic's newest trade if it is younger than this; "
+        "an older gap is left to the backfill",
     )
 
 
@@ -56,7 +68,7 @@ class LiveProgress:
         """True when the last report is older than the interval."""
         return time.monotonic() - self._reported_at >= interval_seconds
 
-    def report(self, stats: StreamStats, acknowledged: int) -> str:
+    def report(self, stats: StreamStats, tail: TailStats, producer: TradeProducer) -> str:
         """One log line: rate, totals per pair, age of the newest trade, connection health."""
         now = time.monotonic()
         rate = (self.total - self._reported_total) / max(now - self._reported_at, 1e-9)
@@ -68,9 +80,11 @@ class LiveProgress:
         )
         totals = ", ".join(f"{pair}={count}" for pair, count in sorted(self.per_pair.items()))
         return (
-            f"{rate:.1f} trades/s; {self.total} trades written ({acknowledged} acknowledged): "
-            f"{totals or 'none yet'}; last trade age: {ages or 'n/a'}; "
-            f"reconnects={stats.reconnects} rejected={stats.rejected} gaps={stats.gaps}"
+            f"{rate:.1f} trades/s; {self.total} live trades written "
+            f"({producer.acknowledged} acknowledged): {totals or 'none yet'}; "
+            f"last trade age: {ages or 'n/a'}; reconnects={stats.reconnects} "
+            f"dead-lettered={stats.rejected} gaps={stats.gaps} healed={tail.healed} "
+            f"unhealed={tail.unhealed} repeats skipped={stats.repeated_skipped}"
         )
 
 
@@ -83,41 +97,79 @@ def stream_live_trades(
 ) -> None:
     """Subscribe, write every new trade, log progress; flush and close on any exit."""
     pairs = config.pairs or kraken.pairs
-    stream = kraken.trade_stream(pairs=pairs, log=context.log)
+    settings = redpanda.producer_settings()
     progress = LiveProgress()
     context.log.info(
         f"Streaming {pairs} from {kraken.ws_url} to topic {redpanda.topic!r} at "
         f"{redpanda.broker_address} (max_trades={config.max_trades}, "
         f"max_seconds={config.max_seconds})"
     )
+    # What is already in the topic decides what this run writes (see ARCHITECTURE.md).
+    scanned = scan_topic_ids(settings, list(pairs))
+    context.log.info(
+        "In the topic: "
+        + ", ".join(f"{pair} {len(found.ids)} ids" for pair, found in scanned.items())
+    )
+    dead_letters = DeadLetterProducer(settings, source="live")
+    board = ClaimBoard(settings, owner=context.run_id)
     # try/finally, not except: a UI terminate or SIGTERM arrives as a BaseException.
-    with redpanda.trade_producer() as producer:
+    with redpanda.trade_producer() as producer, kraken.rest_client(log=context.log) as rest:
+        writer = DeduplicatingWriter(producer, {pair: found.ids for pair, found in scanned.items()})
+        tail = LiveTail(
+            settings=settings,
+            writer=writer,
+            board=board,
+            rest=rest,
+            log=context.log,
+            heal_horizon_seconds=config.heal_horizon_seconds,
+        )
+        stream = kraken.trade_stream(
+            pairs=pairs,
+            log=context.log,
+            on_rejected=dead_letters.send,
+            on_gap=tail.heal,
+            resume_after=tail.start(list(pairs), scanned),
+        )
         try:
             for batch in stream.batches():
                 if config.max_trades is not None:
-                    batch = batch[: config.max_trades - progress.total]
+                    batch = batch[: config.max_trades - writer.written]
                 if batch:
-                    producer.send(batch)
-                    progress.add(batch)
+                    tail.before_write(batch)
+                    progress.add(writer.write(batch))
+                else:
+                    tail.keep_claims_fresh()
                 producer.poll()
                 if progress.report_due(config.progress_interval_seconds):
-                    context.log.info(progress.report(stream.stats, producer.acknowledged))
-                if _bound_reached(config, progress):
+                    context.log.info(progress.report(stream.stats, tail.stats, producer))
+                if _bound_reached(config, writer.written, progress):
                     break
             # A normal end fails the run if the broker did not acknowledge everything.
             producer.flush()
         finally:
             stream.close()
             producer.close()
+            dead_letters.close()
+            _release_claims(tail, context)
             context.log.info(
-                f"Stopped: {progress.total} trades written, {producer.acknowledged} acknowledged "
+                f"Stopped: {writer.written} trades written, {producer.acknowledged} acknowledged "
                 f"by the broker, {producer.failed} failed; "
-                + progress.report(stream.stats, producer.acknowledged)
+                + progress.report(stream.stats, tail.stats, producer)
             )
 
 
-def _bound_reached(config: LiveTradesConfig, progress: LiveProgress) -> bool:
-    if config.max_trades is not None and progress.total >= config.max_trades:
+def _release_claims(tail: LiveTail, context: OpExecutionContext) -> None:
+    # Best effort: an unreleased claim simply expires after its lease.
+    try:
+        tail.release()
+    except Exception as error:
+        context.log.warning(f"Could not release the tail claims ({error}); they expire by lease")
+    finally:
+        tail.board.close()
+
+
+def _bound_reached(config: LiveTradesConfig, written: int, progress: LiveProgress) -> bool:
+    if config.max_trades is not None and written >= config.max_trades:
         return True
     elapsed = time.monotonic() - progress.started_at
     return config.max_seconds is not None and elapsed >= config.max_seconds

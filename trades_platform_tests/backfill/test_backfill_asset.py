@@ -4,7 +4,6 @@ from collections import Counter
 from typing import Any
 
 from dagster import (
-    AssetCheckSeverity,
     Definitions,
     ExecuteInProcessResult,
     instance_for_test,
@@ -169,10 +168,10 @@ def test_unknown_pair_fails_the_run_with_a_clear_message(broker: str) -> None:
     assert read_topic(broker, topic, idle_seconds=1.0) == []
 
 
-def test_a_partition_run_twice_writes_its_day_twice(
+def test_a_partition_run_twice_writes_its_day_once(
     broker: str, simulator: SimulatorProcess, market: SimulatedMarket
 ) -> None:
-    """Known limitation (issue 4 de-duplicates): a second run writes every trade again."""
+    """The second run finds every id of the day in the topic and writes none of them again."""
     topic = unique_topic()
     key = "2024-02-11|ETH/USD"
     resources = backfill_resources(broker, simulator, topic)
@@ -181,18 +180,18 @@ def test_a_partition_run_twice_writes_its_day_twice(
         second = _run(key, resources, instance)
     ids = expected_ids(market, key)
 
-    records = read_topic(broker, topic, expected=2 * len(ids))
-    assert ids_by_pair(records) == {"ETH/USD": ids + ids}
-    assert duplicated_ids(records) == {"ETH/USD": ids}
-    assert Counter(record.value["source"] for record in records) == {"backfill": 2 * len(ids)}
-    assert _checks(first)[IDS_CHECK].passed
-    # The read-back check sees the duplicates: not passed, but a warning since nothing is lost.
-    ids_check = _checks(second)[IDS_CHECK]
-    assert not ids_check.passed
-    assert ids_check.severity == AssetCheckSeverity.WARN
-    assert ids_check.metadata["duplicates"].value == len(ids)
-    assert ids_check.metadata["holes"].value == 0
-    assert _checks(second)[RECORDS_CHECK].passed
+    records = read_topic(broker, topic, expected=len(ids))
+    assert ids_by_pair(records) == {"ETH/USD": ids}
+    assert not duplicated_ids(records)
+    assert Counter(record.value["source"] for record in records) == {"backfill": len(ids)}
+    first_metadata = _metadata(first)
+    second_metadata = _metadata(second)
+    assert (first_metadata["written"], first_metadata["already_present"]) == (len(ids), 0)
+    assert (second_metadata["written"], second_metadata["already_present"]) == (0, len(ids))
+    assert second_metadata["dagster/row_count"] == len(ids)
+    for result in (first, second):
+        assert _checks(result)[IDS_CHECK].passed
+        assert _checks(result)[RECORDS_CHECK].passed
 
 
 def test_the_job_runs_the_asset_and_its_checks_for_one_partition(

@@ -1,0 +1,141 @@
+"""Tail claims: how the live writer tells backfills which ids of a pair are its to write.
+
+The claims live in a compacted topic `<topic>.coverage` with one partition, so every writer
+sees them in one total order. A claim `(pair, from_id, owner, heartbeat)` says: the owner writes
+every id >= from_id of that pair. A backfill writes only ids below the `from_id` of a claim that
+is alive (heartbeat younger than the lease, not released).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from trades_platform.backfill.readback import consumer_config
+from trades_platform.producer import ProducerSettings
+
+# A live writer refreshes its claims this often; a claim older than the lease is dead.
+HEARTBEAT_SECONDS = 10.0
+LEASE_SECONDS = 60.0
+# A backfill's page is acknowledged or failed within this bound (its producer's delivery timeout).
+BACKFILL_PAGE_BOUND_SECONDS = 5.0
+# After claiming, the live writer waits this long, then re-reads the topic: any backfill page that
+# started before the claim was visible has landed or failed by then.
+CLAIM_GRACE_SECONDS = 2 * BACKFILL_PAGE_BOUND_SECONDS
+
+
+@dataclass(frozen=True)
+class TailClaim:
+    """The live writer's claim on every id >= from_id of a pair."""
+
+    pair: str
+    from_id: int
+    owner: str
+    heartbeat_ms: int
+    released: bool = False
+
+    def alive(self, now_ms: int | None = None, lease_seconds: float = LEASE_SECONDS) -> bool:
+        """True while the owner heartbeats and has not released the claim."""
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        return not self.released and now_ms - self.heartbeat_ms < lease_seconds * 1000
+
+
+def coverage_topic(settings: ProducerSettings) -> str:
+    """The claims topic that goes with the trades topic."""
+    return f"{settings.topic}.coverage"
+
+
+def ensure_coverage_topic(settings: ProducerSettings) -> None:
+    """Create the compacted, single-partition claims topic if it does not exist."""
+    admin = AdminClient(_client_config(settings))
+    name = coverage_topic(settings)
+    if name in admin.list_topics(timeout=10).topics:
+        return
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                name,
+                num_partitions=1,
+                replication_factor=settings.replication_factor,
+                config={"cleanup.policy": "compact"},
+            )
+        ]
+    )
+    for future in futures.values():
+        try:
+            future.result(timeout=30)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+class ClaimBoard:
+    """Publishes this writer's claims and reads everyone's, incrementally."""
+
+    def __init__(self, settings: ProducerSettings, owner: str | None = None) -> None:
+        self.settings = settings
+        self.owner = owner or uuid.uuid4().hex
+        self.topic = coverage_topic(settings)
+        ensure_coverage_topic(settings)
+        self._producer = Producer({**_client_config(settings), "enable.idempotence": True})
+        self._consumer = Consumer(consumer_config(settings))
+
+    def publish(self, pair: str, from_id: int, *, released: bool = False) -> TailClaim:
+        """Write a claim (or its release) and wait until the broker acknowledged it."""
+        claim = TailClaim(pair, from_id, self.owner, int(time.time() * 1000), released)
+        self._producer.produce(
+            self.topic, key=f"tail|{pair}".encode(), value=orjson.dumps(claim.__dict__)
+        )
+        if self._producer.flush(30) != 0:
+            raise TimeoutError(
+                f"claim for {pair} not acknowledged by {self.settings.broker_address}"
+            )
+        return claim
+
+    def claims(self, timeout_seconds: float = 30.0) -> dict[str, TailClaim]:
+        """The latest claim per pair, read from the start to the end of the claims topic."""
+        # Re-assigning from offset 0 makes the consumer report the partition's end again; the
+        # topic is compacted to one record per pair, so a full read stays small.
+        self._consumer.assign([TopicPartition(self.topic, 0, 0)])
+        latest: dict[str, TailClaim] = {}
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {self.topic!r} took over {timeout_seconds}s")
+            message = self._consumer.poll(0.5)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    return latest
+                raise KafkaException(error)
+            claim = TailClaim(**orjson.loads(message.value() or b"{}"))
+            latest[claim.pair] = claim
+
+    def alive_claim(self, pair: str) -> TailClaim | None:
+        """The live claim on `pair` by another writer, if one is alive."""
+        claim = self.claims().get(pair)
+        if claim is None or claim.owner == self.owner or not claim.alive():
+            return None
+        return claim
+
+    def close(self) -> None:
+        """Flush and close both clients."""
+        self._producer.flush(10)
+        self._consumer.close()
+
+
+def _client_config(settings: ProducerSettings) -> dict[str, object]:
+    config = consumer_config(settings)
+    return {
+        name: value
+        for name, value in config.items()
+        if name in ("bootstrap.servers", "security.protocol", "sasl.mechanism")
+        or name.startswith(("sasl.", "ssl."))
+    }

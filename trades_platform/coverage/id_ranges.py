@@ -1,0 +1,74 @@
+"""A set of trade ids kept as sorted, disjoint, inclusive ranges (Kraken ids are sequential)."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+
+
+class IdRanges:
+    """Which ids of one pair are present; memory grows with holes, not with trades."""
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        for first, last in ranges:
+            self.add_range(first, last)
+
+    def __contains__(self, trade_id: int) -> bool:
+        index = bisect.bisect_right(self._starts, trade_id) - 1
+        return index >= 0 and trade_id <= self._ends[index]
+
+    def __len__(self) -> int:
+        return sum(end - start + 1 for start, end in zip(self._starts, self._ends, strict=True))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(zip(self._starts, self._ends, strict=True))
+
+    def __repr__(self) -> str:
+        return f"IdRanges({list(self)!r})"
+
+    @property
+    def highest(self) -> int | None:
+        """The largest id present, or None when empty."""
+        return self._ends[-1] if self._ends else None
+
+    def add(self, trade_id: int) -> None:
+        """Mark one id present."""
+        self.add_range(trade_id, trade_id)
+
+    def add_range(self, first: int, last: int) -> None:
+        """Mark every id in [first, last] present, merging touching ranges."""
+        if last < first:
+            raise ValueError(f"empty range [{first}, {last}]")
+        # Fast path: the common case is appending right after the highest range.
+        if self._ends and self._starts[-1] <= first <= self._ends[-1] + 1:
+            self._ends[-1] = max(self._ends[-1], last)
+            return
+        low = bisect.bisect_left(self._ends, first - 1)
+        high = bisect.bisect_right(self._starts, last + 1)
+        if low < high:
+            first = min(first, self._starts[low])
+            last = max(last, self._ends[high - 1])
+        self._starts[low:high] = [first]
+        self._ends[low:high] = [last]
+
+    def missing(self, first: int, last: int) -> list[tuple[int, int]]:
+        """The sub-ranges of [first, last] that are not present."""
+        gaps: list[tuple[int, int]] = []
+        cursor = first
+        index = max(bisect.bisect_right(self._starts, first) - 1, 0)
+        while cursor <= last and index < len(self._starts):
+            start, end = self._starts[index], self._ends[index]
+            if end < cursor:
+                index += 1
+                continue
+            if start > last:
+                break
+            if start > cursor:
+                gaps.append((cursor, start - 1))
+            cursor = max(cursor, end + 1)
+            index += 1
+        if cursor <= last:
+            gaps.append((cursor, last))
+        return gaps

@@ -1,0 +1,49 @@
+"""The dead-letter topic `<topic>.dlq`: every frame or item the platform could not use, and why."""
+
+from __future__ import annotations
+
+import time
+
+from quixstreams import Application
+
+from trades_platform.kraken.websocket import RejectedFrame
+from trades_platform.producer import ProducerSettings
+
+# Raw input is cut to this many characters: the reason matters, a 10 MB frame does not.
+MAX_RAW_CHARS = 65_536
+
+
+class DeadLetterProducer:
+    """Writes rejected input with its reason; never raises into the hot path."""
+
+    def __init__(self, settings: ProducerSettings, source: str) -> None:
+        self.source = source
+        self._app = Application(
+            broker_address=settings.connection(),
+            producer_extra_config=settings.producer_config(),
+            auto_create_topics=True,
+        )
+        self.topic = self._app.topic(
+            f"{settings.topic}.dlq", key_serializer="str", value_serializer="json"
+        )
+        self._producer = self._app.get_producer()
+        self.sent = 0
+
+    def send(self, rejected: RejectedFrame) -> None:
+        """Queue one rejected frame or item for the dead-letter topic."""
+        raw = rejected.raw
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        value = {
+            "reason": rejected.reason,
+            "raw": text[:MAX_RAW_CHARS],
+            "raw_length": len(text),
+            "source": self.source,
+            "received_at_ms": int(time.time() * 1000),
+        }
+        message = self.topic.serialize(key=self.source, value=value)
+        self._producer.produce(self.topic.name, message.value, message.key)
+        self.sent += 1
+
+    def close(self, timeout_seconds: float = 10.0) -> None:
+        """Flush what is queued."""
+        self._producer.flush(timeout_seconds)
