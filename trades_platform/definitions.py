@@ -34,6 +34,7 @@ def build_resources() -> dict[str, object]:
             topic=env_or_default("KAFKA_TOPIC", "trades"),
             partitions=env_or_default("KAFKA_TOPIC_PARTITIONS", 3),
             replication_factor=env_or_default("KAFKA_REPLICATION_FACTOR", 1),
+            delivery_timeout_ms=env_or_default("KAFKA_DELIVERY_TIMEOUT_MS", 120_000),
             security_protocol=env_or_default("KAFKA_SECURITY_PROTOCOL", None),
             sasl_mechanism=env_or_default("KAFKA_SASL_MECHANISM", None),
             sasl_username=env_or_default("KAFKA_SASL_USERNAME", None),

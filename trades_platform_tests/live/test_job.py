@@ -39,7 +39,9 @@ def _run_config(**config: object) -> dict[str, object]:
     return {"ops": {"stream_live_trades": {"config": {"progress_interval_seconds": 1, **config}}}}
 
 
-def assert_every_trade_once_and_true_to_kraken(records: list[TopicRecord]) -> None:
+def assert_every_trade_once_and_true_to_kraken(
+    records: list[TopicRecord], sources: tuple[str, ...] = ("live",)
+) -> None:
     """Each pair's ids form one unbroken run with no repeats; each record matches the market."""
     assert not duplicated_ids(records)
     market = SimulatedMarket(PAIRS, RATE)
@@ -59,7 +61,7 @@ def assert_every_trade_once_and_true_to_kraken(records: list[TopicRecord]) -> No
             expected.side,
             expected.ord_type,
         )
-        assert value["exchange"] == "kraken" and value["source"] == "live"
+        assert value["exchange"] == "kraken" and value["source"] in sources
 
 
 def test_every_streamed_trade_lands_once(simulator: SimulatorProcess, broker: str) -> None:
@@ -202,3 +204,57 @@ def test_sigterm_flushes_every_trade_and_closes(
     assert written > 0
     assert len(records) == written
     assert_every_trade_once_and_true_to_kraken(records)
+
+
+def test_a_gap_longer_than_the_snapshot_is_healed_from_rest(broker: str) -> None:
+    topic = unique_topic()
+    flags = ("--pairs", ",".join(PAIRS), "--trades-per-second", str(RATE))
+    # 6 s of silence at 25 trades/s per pair is 150 trades: three times the 50-trade snapshot.
+    with SimulatorProcess(*flags, "--stall-after-trades", "200", "--stall-seconds", "6") as sim:
+        kraken = KrakenResource(
+            ws_url=sim.ws_url,
+            rest_url=sim.rest_url,
+            pairs=PAIRS,
+            watchdog_seconds=2.0,
+            backoff_initial_seconds=0.1,
+            rest_requests_per_second=20.0,
+        )
+        result = live_trades_job.execute_in_process(
+            run_config=_run_config(max_trades=700),
+            resources={
+                "kraken": kraken,
+                "redpanda": RedpandaResource(broker_address=broker, topic=topic),
+            },
+        )
+    assert result.success
+    records = read_topic(broker, topic, expected=700)
+    assert len(records) >= 700
+    assert_every_trade_once_and_true_to_kraken(records, sources=("live", "heal"))
+    healed = [record for record in records if record.value["source"] == "heal"]
+    assert healed, "the stall left a gap the snapshot could not cover"
+
+
+def test_a_restarted_run_resumes_after_the_topic_without_repeats_or_holes(broker: str) -> None:
+    topic = unique_topic()
+    flags = ("--pairs", ",".join(PAIRS), "--trades-per-second", str(RATE))
+    with SimulatorProcess(*flags) as sim:
+        kraken = KrakenResource(
+            ws_url=sim.ws_url, rest_url=sim.rest_url, pairs=PAIRS, rest_requests_per_second=20.0
+        )
+        resources = {
+            "kraken": kraken,
+            "redpanda": RedpandaResource(broker_address=broker, topic=topic),
+        }
+        first = live_trades_job.execute_in_process(
+            run_config=_run_config(max_trades=200), resources=resources
+        )
+        # Down for 5 s (125 trades per pair): the next run heals them before going live.
+        time.sleep(5)
+        second = live_trades_job.execute_in_process(
+            run_config=_run_config(max_trades=400), resources=resources
+        )
+    assert first.success and second.success
+    records = read_topic(broker, topic)
+    assert len(records) >= 600
+    assert_every_trade_once_and_true_to_kraken(records, sources=("live", "heal"))
+    assert any(record.value["source"] == "heal" for record in records)
