@@ -14,7 +14,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from trades_platform.coverage.claims import CLAIM_GRACE_SECONDS, HEARTBEAT_SECONDS, ClaimBoard
+from trades_platform.coverage.claims import (
+    CLAIM_GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    LEASE_SECONDS,
+    ClaimBoard,
+)
 from trades_platform.coverage.id_ranges import IdRanges
 from trades_platform.coverage.topic_ids import PairIds, scan_topic_ids
 from trades_platform.coverage.writer import DeduplicatingWriter
@@ -50,6 +55,10 @@ def backfill_may_reach(time_us: int, now_us: int | None = None) -> bool:
     return time_us < current_day_start
 
 
+class OtherLiveWriterError(RuntimeError):
+    """Another live run holds a live claim on one of this run's pairs."""
+
+
 class LiveTail:
     """Claims, heartbeats, the grace re-scan, and healing, around one DeduplicatingWriter."""
 
@@ -79,6 +88,7 @@ class LiveTail:
 
     def start(self, pairs: list[str], scanned: dict[str, PairIds]) -> dict[str, tuple[int, int]]:
         """Claim the tails that resume from the topic; return where the stream resumes each."""
+        self._wait_for_other_live_writers(pairs)
         now_us = int(time.time() * 1_000_000)
         resume: dict[str, tuple[int, int]] = {}
         for pair in pairs:
@@ -139,6 +149,28 @@ class LiveTail:
         """Give the tails back (clean stop): backfills may then fill any id again."""
         for pair, from_id in self._claimed.items():
             self.board.publish(pair, from_id, released=True)
+
+    def _wait_for_other_live_writers(self, pairs: list[str]) -> None:
+        """Two live writers of one pair would both write its tail: wait out the other's lease."""
+        deadline = time.monotonic() + LEASE_SECONDS + HEARTBEAT_SECONDS
+        while True:
+            claims = self.board.claims()
+            busy = {
+                pair: claims[pair].owner
+                for pair in pairs
+                if pair in claims
+                and claims[pair].owner != self.board.owner
+                and claims[pair].alive()
+            }
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise OtherLiveWriterError(
+                    f"pairs {busy} are being written by other live runs (owner ids shown); "
+                    "stop them or give this run other pairs"
+                )
+            self._log.warning(f"Waiting for other live writers of {busy} to stop or expire")
+            self._sleep(HEARTBEAT_SECONDS / 2)
 
     def _claim(self, claims: dict[str, tuple[int, int]]) -> None:
         """Publish claims {pair: (from_id, time of from_id or just before it, µs)}."""
