@@ -8,6 +8,12 @@ from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.checks import kraken_trades_history_checks
 from trades_platform.backfill.job import backfill_trades_job, daily_backfill_schedule
 from trades_platform.live.job import live_trades_job
+from trades_platform.live.observations import (
+    kraken_trades_live,
+    live_freshness_job,
+    live_freshness_schedule,
+    pairs_are_fresh,
+)
 from trades_platform.live.sensor import live_trades_sensor
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.settings import configured_pairs, env_or_default
@@ -52,10 +58,10 @@ def _is_set(name: str) -> bool:
 
 
 defs = Definitions(
-    assets=[kraken_trades_history],
-    asset_checks=[kraken_trades_history_checks],
-    jobs=[live_trades_job, backfill_trades_job],
-    schedules=[daily_backfill_schedule],
+    assets=[kraken_trades_history, kraken_trades_live],
+    asset_checks=[kraken_trades_history_checks, pairs_are_fresh],
+    jobs=[live_trades_job, backfill_trades_job, live_freshness_job],
+    schedules=[daily_backfill_schedule, live_freshness_schedule],
     sensors=[live_trades_sensor],
     resources=build_resources(),
 )

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from dagster import Config, OpExecutionContext, in_process_executor, job, op
+from dagster import AssetObservation, Config, OpExecutionContext, in_process_executor, job, op
 from pydantic import Field
 
 from trades_platform.coverage.claims import ClaimBoard
@@ -14,6 +14,7 @@ from trades_platform.coverage.topic_ids import scan_topic_ids
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.dead_letters import DeadLetterProducer
 from trades_platform.kraken.websocket import StreamStats
+from trades_platform.live.observations import OBSERVATION_INTERVAL_SECONDS, pair_observations
 from trades_platform.live.tail import LiveTail, TailStats
 from trades_platform.producer import TradeProducer
 from trades_platform.resources import KrakenResource, RedpandaResource
@@ -38,6 +39,11 @@ class LiveTradesConfig(Config):
     pairs: list[str] | None = Field(
         default=None, description="Pairs for this run (a shard); default: every configured pair"
     )
+    observation_interval_seconds: float = Field(
+        default=OBSERVATION_INTERVAL_SECONDS,
+        gt=0,
+        description="How often to record per-pair observations of kraken_trades_live",
+    )
     heal_horizon_seconds: float = Field(
         default=6 * 3600,
         gt=0,
@@ -56,6 +62,8 @@ class LiveProgress:
     last_trade_ms: dict[str, int] = field(default_factory=dict)
     _reported_at: float = field(default_factory=time.monotonic)
     _reported_total: int = 0
+    _observed_at: float = field(default_factory=time.monotonic)
+    _observed_per_pair: Counter[str] = field(default_factory=Counter)
 
     def add(self, trades: list[Trade]) -> None:
         """Count a batch that was handed to the producer."""
@@ -63,6 +71,31 @@ class LiveProgress:
             self.per_pair[trade.pair] += 1
             self.last_trade_ms[trade.pair] = trade.timestamp_ms
         self.total += len(trades)
+
+    def observe(
+        self, pairs: list[str], stats: StreamStats, tail: TailStats
+    ) -> list[AssetObservation]:
+        """Per-pair observations of `kraken_trades_live` since the previous ones."""
+        now = time.monotonic()
+        minutes = max(now - self._observed_at, 1e-9) / 60
+        per_minute = {
+            pair: (self.per_pair[pair] - self._observed_per_pair[pair]) / minutes for pair in pairs
+        }
+        self._observed_at, self._observed_per_pair = now, Counter(self.per_pair)
+        return list(
+            pair_observations(
+                trades_per_minute=per_minute,
+                last_trade_ms=self.last_trade_ms,
+                reconnects=stats.reconnects,
+                gaps_healed=tail.healed,
+                dead_lettered=stats.rejected,
+                pairs=pairs,
+            )
+        )
+
+    def observation_due(self, interval_seconds: float) -> bool:
+        """True when the last observations are older than the interval."""
+        return time.monotonic() - self._observed_at >= interval_seconds
 
     def report_due(self, interval_seconds: float) -> bool:
         """True when the last report is older than the interval."""
@@ -142,6 +175,9 @@ def stream_live_trades(
                 producer.poll()
                 if progress.report_due(config.progress_interval_seconds):
                     context.log.info(progress.report(stream.stats, tail.stats, producer))
+                if progress.observation_due(config.observation_interval_seconds):
+                    for observation in progress.observe(list(pairs), stream.stats, tail.stats):
+                        context.log_event(observation)
                 if _bound_reached(config, writer.written, progress):
                     break
             # A normal end fails the run if the broker did not acknowledge everything.

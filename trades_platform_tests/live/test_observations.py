@@ -1,0 +1,92 @@
+"""Per-pair observations of kraken_trades_live from a real live run, and the freshness check."""
+
+from collections.abc import Iterator
+
+import pytest
+from dagster import AssetRecordsFilter, DagsterInstance, Definitions, instance_for_test
+
+from trades_platform.live.job import live_trades_job
+from trades_platform.live.observations import (
+    LIVE_ASSET_KEY,
+    kraken_trades_live,
+    live_freshness_job,
+    pairs_are_fresh,
+)
+from trades_platform.resources import KrakenResource, RedpandaResource
+from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform_tests.support.topic import unique_topic
+
+PAIRS = ["BTC/USD", "ETH/USD"]
+
+
+@pytest.fixture(scope="module")
+def observed_instance(broker: str) -> Iterator[DagsterInstance]:
+    """An instance holding a 6-second live run that observed every second."""
+    with (
+        SimulatorProcess("--pairs", ",".join(PAIRS), "--trades-per-second", "20") as sim,
+        instance_for_test() as instance,
+    ):
+        result = live_trades_job.execute_in_process(
+            run_config={
+                "ops": {
+                    "stream_live_trades": {
+                        "config": {"max_seconds": 6, "observation_interval_seconds": 1}
+                    }
+                }
+            },
+            resources={
+                "kraken": KrakenResource(ws_url=sim.ws_url, pairs=PAIRS),
+                "redpanda": RedpandaResource(broker_address=broker, topic=unique_topic()),
+            },
+            instance=instance,
+        )
+        assert result.success
+        yield instance
+
+
+def test_each_pair_is_observed_with_plottable_numbers(observed_instance: DagsterInstance) -> None:
+    for pair in PAIRS:
+        records = observed_instance.fetch_observations(
+            AssetRecordsFilter(asset_key=LIVE_ASSET_KEY, asset_partitions=[pair]), limit=100
+        ).records
+        assert len(records) >= 3, pair
+        metadata = records[0].asset_observation.metadata
+        assert {
+            "trades_per_minute",
+            "last_trade_age_seconds",
+            "last_trade_time_ms",
+            "reconnects",
+            "gaps_healed",
+            "dead_lettered",
+        } <= metadata.keys()
+        # 20 trades/s is 1200 a minute; the first interval also holds the 50-trade snapshot.
+        rates = [record.asset_observation.metadata["trades_per_minute"].value for record in records]
+        assert max(rates) > 600
+
+
+def _run_freshness_check(instance: DagsterInstance) -> bool:
+    defs = Definitions(
+        assets=[kraken_trades_live], asset_checks=[pairs_are_fresh], jobs=[live_freshness_job]
+    )
+    result = defs.resolve_job_def("live_freshness_job").execute_in_process(instance=instance)
+    (evaluation,) = result.get_asset_check_evaluations()
+    return evaluation.passed
+
+
+def test_the_freshness_check_passes_while_trades_are_recent(
+    observed_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIVE_FRESHNESS_SECONDS", "300")
+    assert _run_freshness_check(observed_instance)
+
+
+def test_the_freshness_check_fails_when_the_newest_trade_is_too_old(
+    observed_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIVE_FRESHNESS_SECONDS", "0.5")
+    assert not _run_freshness_check(observed_instance)
+
+
+def test_the_freshness_check_fails_without_any_observation() -> None:
+    with instance_for_test() as empty:
+        assert not _run_freshness_check(empty)
