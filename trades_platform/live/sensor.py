@@ -1,6 +1,8 @@
-"""`live_trades_sensor`: keeps exactly one live ingestion run alive.
+"""`live_trades_sensor`: keeps exactly one live ingestion run alive per shard.
 
-The rule, in the order it is checked:
+`LIVE_SHARDS` (default 1) splits the configured pairs round-robin into that many runs, each
+tagged `trades_platform/live-shard=<n>` and configured with its pairs. For each shard, the rule,
+in the order it is checked:
 0. A run marked STARTED whose worker has written nothing to the event log for
    `LIVE_RUN_STALE_SECONDS` (default 120; the live op logs progress every few seconds) is dead:
    its process was killed or its machine went away without telling the instance. It is marked
@@ -28,11 +30,12 @@ from dagster import (
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
-    SkipReason,
+    SensorResult,
     sensor,
 )
 
 from trades_platform.live.job import LIVE_SHARD_TAG, live_trades_job
+from trades_platform.settings import configured_pairs
 
 ACTIVE_STATUSES = [
     DagsterRunStatus.QUEUED,
@@ -58,31 +61,61 @@ def relaunch_delay_seconds(consecutive_failures: int) -> float:
     job=live_trades_job,
     minimum_interval_seconds=10,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Keeps one live_trades_job run alive; leaves it stopped after a manual terminate.",
+    description="Keeps one live_trades_job run alive per shard; leaves a terminated one stopped.",
 )
-def live_trades_sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
-    """Decide whether a new live run is needed now (see the module docstring for the rule)."""
+def live_trades_sensor(context: SensorEvaluationContext) -> SensorResult:
+    """Decide, shard by shard, whether a new live run is needed now (see the module docstring)."""
+    requests: list[RunRequest] = []
+    reasons: list[str] = []
+    for shard, pairs in enumerate(live_shards()):
+        decision = _decide_for_shard(context, shard, pairs)
+        if isinstance(decision, RunRequest):
+            requests.append(decision)
+        else:
+            reasons.append(f"shard {shard}: {decision}")
+    return SensorResult(
+        run_requests=requests, skip_reason="; ".join(reasons) if not requests else None
+    )
+
+
+def live_shards() -> list[list[str]]:
+    """The pairs of each live run: `LIVE_SHARDS` runs (default 1), pairs dealt round-robin."""
+    pairs = configured_pairs()
+    raw = os.environ.get("LIVE_SHARDS", "1")
+    try:
+        count = int(raw)
+    except ValueError:
+        raise ValueError(f"LIVE_SHARDS={raw!r} is not a whole number") from None
+    if not 1 <= count <= len(pairs):
+        raise ValueError(f"LIVE_SHARDS={count} must be between 1 and the {len(pairs)} pairs")
+    return [pairs[shard::count] for shard in range(count)]
+
+
+def _decide_for_shard(
+    context: SensorEvaluationContext, shard: int, pairs: list[str]
+) -> RunRequest | str:
     instance = context.instance
-    job_name = live_trades_job.name
+    shard_runs = RunsFilter(job_name=live_trades_job.name, tags={LIVE_SHARD_TAG: str(shard)})
     active = instance.get_run_records(
-        RunsFilter(job_name=job_name, statuses=ACTIVE_STATUSES), limit=1
+        RunsFilter(job_name=shard_runs.job_name, tags=shard_runs.tags, statuses=ACTIVE_STATUSES),
+        limit=1,
     )
     if active:
         run = active[0].dagster_run
         silence = _seconds_since_last_event(instance, run)
         if run.status != DagsterRunStatus.STARTED or silence < stale_after_seconds():
-            return SkipReason(f"live run {run.run_id} is {run.status.value}")
+            return f"live run {run.run_id} is {run.status.value}"
         message = f"no event from the run worker for {silence:.0f}s: presumed dead"
         context.log.warning(f"Marking live run {run.run_id} failed: {message}")
         instance.report_run_failed(run, message)
 
-    recent = instance.get_run_records(RunsFilter(job_name=job_name), limit=_FAILURE_HISTORY)
+    recent = instance.get_run_records(shard_runs, limit=_FAILURE_HISTORY)
     if not recent:
-        return _launch(previous_run_id=None, why="no live run yet")
+        return _launch(shard, pairs, previous_run_id=None, why="no live run yet")
 
     newest = recent[0].dagster_run
     if newest.status == DagsterRunStatus.CANCELED:
-        return SkipReason(
+        return (
             f"live run {newest.run_id} was terminated on purpose; launch live_trades_job "
             "by hand to resume"
         )
@@ -96,11 +129,14 @@ def live_trades_sensor(context: SensorEvaluationContext) -> RunRequest | SkipRea
         ended_at = recent[0].end_time or recent[0].update_timestamp.timestamp()
         wait = ended_at + delay - time.time()
         if wait > 0:
-            return SkipReason(
+            return (
                 f"live run {newest.run_id} failed ({failures} in a row); relaunching in {wait:.0f}s"
             )
-        return _launch(newest.run_id, why=f"run {newest.run_id} failed ({failures} in a row)")
-    return _launch(newest.run_id, why=f"run {newest.run_id} ended {newest.status.value}")
+        why = f"run {newest.run_id} failed ({failures} in a row)"
+        return _launch(shard, pairs, newest.run_id, why=why)
+    return _launch(
+        shard, pairs, newest.run_id, why=f"run {newest.run_id} ended {newest.status.value}"
+    )
 
 
 def stale_after_seconds() -> float:
@@ -115,9 +151,14 @@ def _seconds_since_last_event(instance: DagsterInstance, run: DagsterRun) -> flo
     return time.time() - newest[0].timestamp
 
 
-def _launch(previous_run_id: str | None, why: str) -> RunRequest:
+def _launch(shard: int, pairs: list[str], previous_run_id: str | None, why: str) -> RunRequest:
     # The daemon de-duplicates run keys forever, so the key names the run being replaced.
     return RunRequest(
-        run_key=f"after-{previous_run_id or 'none'}",
-        tags={LIVE_SHARD_TAG: "0", "trades_platform/launched-because": why[:200]},
+        run_key=f"shard-{shard}-after-{previous_run_id or 'none'}",
+        run_config={"ops": {"stream_live_trades": {"config": {"pairs": pairs}}}},
+        tags={
+            LIVE_SHARD_TAG: str(shard),
+            "trades_platform/live-pairs": ",".join(pairs),
+            "trades_platform/launched-because": why[:200],
+        },
     )

@@ -8,6 +8,7 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     RunRequest,
+    SensorResult,
     SkipReason,
     build_sensor_context,
     instance_for_test,
@@ -16,7 +17,7 @@ from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 
 from trades_platform.live.job import LIVE_SHARD_TAG, live_trades_job
-from trades_platform.live.sensor import live_trades_sensor, relaunch_delay_seconds
+from trades_platform.live.sensor import live_shards, live_trades_sensor, relaunch_delay_seconds
 
 
 @pytest.fixture
@@ -26,13 +27,21 @@ def instance() -> Iterator[DagsterInstance]:
 
 
 def _decide(instance: DagsterInstance) -> RunRequest | SkipReason:
+    """The single shard's decision: its run request, or why there is none."""
     result = live_trades_sensor(build_sensor_context(instance=instance))
-    assert isinstance(result, (RunRequest, SkipReason))
-    return result
+    assert isinstance(result, SensorResult)
+    if result.run_requests:
+        (request,) = result.run_requests
+        return request
+    assert result.skip_reason is not None
+    return result.skip_reason
 
 
 def _run(instance: DagsterInstance, status: DagsterRunStatus) -> str:
-    return instance.create_run_for_job(live_trades_job, status=status).run_id
+    # Launched runs carry the job's shard tag, as the sensor's and the Launchpad's do.
+    return instance.create_run_for_job(
+        live_trades_job, status=status, tags={LIVE_SHARD_TAG: "0"}
+    ).run_id
 
 
 def _record_status_at(
@@ -60,7 +69,7 @@ def _record_status_at(
 def test_launches_when_no_live_run_exists(instance: DagsterInstance) -> None:
     decision = _decide(instance)
     assert isinstance(decision, RunRequest)
-    assert decision.run_key == "after-none"
+    assert decision.run_key == "shard-0-after-none"
     assert decision.tags[LIVE_SHARD_TAG] == "0"
 
 
@@ -105,7 +114,7 @@ def test_a_failed_run_is_relaunched_after_its_back_off(instance: DagsterInstance
     # The newest run decides: it failed an hour ago, but it is the second failure in a row.
     decision = _decide(instance)
     assert isinstance(decision, RunRequest)
-    assert decision.run_key == f"after-{older_id}"
+    assert decision.run_key == f"shard-0-after-{older_id}"
 
 
 def test_back_off_doubles_with_consecutive_failures_and_is_capped() -> None:
@@ -131,7 +140,7 @@ def test_a_finished_bounded_run_is_replaced_at_once(instance: DagsterInstance) -
     _record_status_at(instance, run_id, DagsterRunStatus.SUCCESS, time.time())
     decision = _decide(instance)
     assert isinstance(decision, RunRequest)
-    assert decision.run_key == f"after-{run_id}"
+    assert decision.run_key == f"shard-0-after-{run_id}"
 
 
 def test_a_silent_started_run_is_presumed_dead_and_replaced(instance: DagsterInstance) -> None:
@@ -151,3 +160,32 @@ def test_a_started_run_that_logs_recently_is_left_alone(instance: DagsterInstanc
     decision = _decide(instance)
     assert isinstance(decision, SkipReason)
     assert "is STARTED" in (decision.skip_message or "")
+
+
+def test_each_shard_gets_its_own_run_and_pairs(
+    instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KRAKEN_PAIRS", "BTC/USD,ETH/USD,SOL/USD,XRP/USD,DOGE/USD")
+    monkeypatch.setenv("LIVE_SHARDS", "2")
+    assert live_shards() == [["BTC/USD", "SOL/USD", "DOGE/USD"], ["ETH/USD", "XRP/USD"]]
+    result = live_trades_sensor(build_sensor_context(instance=instance))
+    assert isinstance(result, SensorResult)
+    requests = {request.tags[LIVE_SHARD_TAG]: request for request in result.run_requests}
+    assert set(requests) == {"0", "1"}
+    config = requests["1"].run_config["ops"]["stream_live_trades"]["config"]
+    assert config["pairs"] == ["ETH/USD", "XRP/USD"]
+    assert requests["1"].run_key == "shard-1-after-none"
+    # A running shard 0 does not stop shard 1 from being (re)launched.
+    instance.create_run_for_job(
+        live_trades_job, status=DagsterRunStatus.STARTED, tags={LIVE_SHARD_TAG: "0"}
+    )
+    result = live_trades_sensor(build_sensor_context(instance=instance))
+    assert isinstance(result, SensorResult)
+    assert [request.tags[LIVE_SHARD_TAG] for request in result.run_requests] == ["1"]
+
+
+@pytest.mark.parametrize("shards", ["0", "9", "two"])
+def test_a_bad_shard_count_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, shards: str) -> None:
+    monkeypatch.setenv("LIVE_SHARDS", shards)
+    with pytest.raises(ValueError, match="LIVE_SHARDS"):
+        live_shards()
