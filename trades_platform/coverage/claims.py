@@ -13,11 +13,11 @@ import uuid
 from dataclasses import dataclass
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from trades_platform.backfill.readback import consumer_config
 from trades_platform.producer import ProducerSettings
+from trades_platform.topic_reader import consumer_config, read_to_end
 
 # A live writer refreshes its claims this often; a claim older than the lease is dead.
 HEARTBEAT_SECONDS = 10.0
@@ -99,24 +99,14 @@ class ClaimBoard:
 
     def claims(self, timeout_seconds: float = 30.0) -> dict[str, TailClaim]:
         """The latest claim per pair, read from the start to the end of the claims topic."""
-        # Re-assigning from offset 0 makes the consumer report the partition's end again; the
-        # topic is compacted to one record per pair, so a full read stays small.
-        self._consumer.assign([TopicPartition(self.topic, 0, 0)])
+        # The topic is compacted to about one record per pair, so a full read stays small.
         latest: dict[str, TailClaim] = {}
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {self.topic!r} took over {timeout_seconds}s")
-            message = self._consumer.poll(0.5)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    return latest
-                raise KafkaException(error)
+        for message in read_to_end(
+            self._consumer, self.topic, {0: 0}, timeout_seconds=timeout_seconds
+        ):
             claim = TailClaim(**orjson.loads(message.value() or b"{}"))
             latest[claim.pair] = claim
+        return latest
 
     def alive_claim(self, pair: str) -> TailClaim | None:
         """The live claim on `pair` by another writer, if one is alive."""

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer
 
-from trades_platform.backfill.readback import consumer_config
 from trades_platform.coverage.id_ranges import IdRanges
 from trades_platform.producer import ProducerSettings
+from trades_platform.topic_reader import consumer_config, read_to_end, topic_partitions
 from trades_platform.trade import message_key_for
-
-_BATCH = 10_000
 
 
 @dataclass
@@ -33,37 +30,27 @@ def scan_topic_ids(
     found = {pair: PairIds() for pair in pairs}
     consumer = Consumer(consumer_config(settings))
     try:
-        metadata = consumer.list_topics(settings.topic, timeout=10).topics.get(settings.topic)
-        if metadata is None or metadata.error is not None or not metadata.partitions:
-            return found
-        # The end of each partition comes from the fetch's end-of-partition event, not from
-        # ListOffsets (tansu answers "latest" short of the real end).
-        consumer.assign([TopicPartition(settings.topic, p, 0) for p in metadata.partitions])
-        pending = set(metadata.partitions)
-        deadline = time.monotonic() + timeout_seconds
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"scanning {settings.topic!r} took over {timeout_seconds}s")
-            for message in consumer.consume(_BATCH, timeout=0.5):
-                error = message.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(error)
-                    pending.discard(message.partition())
-                    continue
-                pair = by_key.get(message.key() or b"")
-                if pair is None:
-                    continue
-                trade_id = orjson.loads(message.value() or b"{}").get("trade_id")
-                if not isinstance(trade_id, int):
-                    continue
-                entry = found[pair]
-                if trade_id in entry.ids:
-                    entry.duplicates += 1
-                    continue
-                entry.ids.add(trade_id)
-                if entry.ids.highest == trade_id:
-                    entry.highest_time_ms = message.timestamp()[1]
+        partitions = topic_partitions(consumer, settings.topic) or []
+        messages = read_to_end(
+            consumer,
+            settings.topic,
+            dict.fromkeys(partitions, 0),
+            timeout_seconds=timeout_seconds,
+        )
+        for message in messages:
+            pair = by_key.get(message.key() or b"")
+            if pair is None:
+                continue
+            trade_id = orjson.loads(message.value() or b"{}").get("trade_id")
+            if not isinstance(trade_id, int):
+                continue
+            entry = found[pair]
+            if trade_id in entry.ids:
+                entry.duplicates += 1
+                continue
+            entry.ids.add(trade_id)
+            if entry.ids.highest == trade_id:
+                entry.highest_time_ms = message.timestamp()[1]
     finally:
         consumer.close()
     return found

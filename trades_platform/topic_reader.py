@@ -1,0 +1,72 @@
+"""Reading a topic back to its end: what every writer and check does before trusting the topic.
+
+The end of each partition comes from the fetch's end-of-partition event, not from ListOffsets:
+tansu answers "latest" with the last batch's base offset + 1, which would cut a read short.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from trades_platform.producer import ProducerSettings
+
+_BATCH = 5000
+
+
+def consumer_config(settings: ProducerSettings) -> dict[str, Any]:
+    """A throwaway, read-committed consumer on the producer's broker and credentials."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.broker_address,
+        "group.id": f"trades-platform-reader-{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+    }
+    optional = {
+        "security.protocol": settings.security_protocol,
+        "sasl.mechanism": settings.sasl_mechanism,
+        "sasl.username": settings.sasl_username,
+        "sasl.password": settings.sasl_password,
+        "ssl.ca.location": settings.ssl_ca_location,
+    }
+    config.update({name: value for name, value in optional.items() if value})
+    return config
+
+
+def topic_partitions(consumer: Consumer, topic: str) -> list[int] | None:
+    """The topic's partitions, or None when the topic does not exist (yet)."""
+    metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        return None
+    return sorted(metadata.partitions)
+
+
+def read_to_end(
+    consumer: Consumer, topic: str, start_offsets: dict[int, int], *, timeout_seconds: float
+) -> Iterator[Message]:
+    """Every message from the given offsets to the end of each partition, as the broker says."""
+    if not start_offsets:
+        return
+    consumer.assign([TopicPartition(topic, p, offset) for p, offset in start_offsets.items()])
+    pending = set(start_offsets)
+    deadline = time.monotonic() + timeout_seconds
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"reading {topic!r}: partitions {sorted(pending)} not read to their end "
+                f"within {timeout_seconds}s"
+            )
+        for message in consumer.consume(_BATCH, timeout=0.5):
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(error)
+                pending.discard(message.partition())
+                continue
+            yield message
