@@ -8,8 +8,11 @@ BIN := $(VENV)/bin
 COMPOSE_FILE := docker-compose/docker-compose.yml
 # The `docker compose` plugin when present, else the standalone docker-compose.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# The project name on the command line, not in the file: Debian's docker-compose 1.29 rejects `name:`.
+COMPOSE_ARGS := -p trades-platform -f $(COMPOSE_FILE)
 
-.PHONY: help install run dev test ruff format clean broker simulator start-redpanda stop-redpanda
+.PHONY: help install run dev test bench ruff format clean broker simulator start-redpanda stop-redpanda \
+	start-platform stop-platform
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -32,6 +35,9 @@ dev: run ## Same as run
 test: install ## Run the test suite (real broker, simulator, Dagster instance, Postgres)
 	$(BIN)/python -m pytest
 
+bench: install ## Benchmark the trade path (local broker, replay server); writes bench/results.json
+	$(BIN)/python -m bench
+
 ruff: install ## Lint and check formatting
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -47,12 +53,20 @@ simulator: install ## Run the Kraken simulator on 127.0.0.1:8765 in the foregrou
 	$(BIN)/python -m trades_platform.simulator --port 8765
 
 start-redpanda: ## Start Redpanda + Console with docker compose (needs a Docker engine)
-	$(COMPOSE) -f $(COMPOSE_FILE) up -d --wait redpanda console
+	$(COMPOSE) $(COMPOSE_ARGS) up -d redpanda console
 	@echo "Redpanda on localhost:19092, Console on http://localhost:8080"
 	@echo "Point the platform at it: export KAFKA_BROKER_ADDRESS=localhost:19092"
 
 stop-redpanda: ## Stop Redpanda + Console
-	$(COMPOSE) -f $(COMPOSE_FILE) down
+	$(COMPOSE) $(COMPOSE_ARGS) down
+
+start-platform: ## Production-like stack with Docker: Redpanda, Console, Postgres, Dagster (UI :3000)
+	$(COMPOSE) $(COMPOSE_ARGS) --profile platform up -d --build
+	@echo "Dagster UI on http://localhost:3000 (instance in Postgres), Redpanda Console on http://localhost:8080"
+	@echo "Logs: $(COMPOSE) $(COMPOSE_ARGS) --profile platform logs -f dagster-daemon trades-platform-code"
+
+stop-platform: ## Stop the stack of start-platform (volumes kept; add -v to the command to drop them)
+	$(COMPOSE) $(COMPOSE_ARGS) --profile platform down
 
 clean: ## Remove the venv, local Dagster home, logs and caches
 	rm -rf $(VENV) .dagster_home .local .pytest_cache .ruff_cache test-artifacts *.egg-info

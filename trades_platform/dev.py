@@ -40,13 +40,23 @@ def kraken_reachable(timeout_seconds: float = 3.0) -> bool:
         return False
 
 
+def port_in_use(port: int) -> bool:
+    """True when something already accepts connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def prepare_dagster_home(project_root: Path = PROJECT_ROOT) -> Path:
-    """`DAGSTER_HOME` (an existing absolute path) holding the project's dagster.yaml."""
+    """`DAGSTER_HOME` (an existing absolute path) holding dagster.yaml or dagster.postgres.yaml."""
     home = Path(os.environ.get("DAGSTER_HOME") or project_root / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        shutil.copyfile(project_root / "dagster.yaml", config)
+    # The project's file is the one to edit: the copy is refreshed on every start, so a changed
+    # limit or a switch between SQLite and Postgres always takes effect.
+    source = "dagster.postgres.yaml" if os.environ.get("DAGSTER_PG_HOST") else "dagster.yaml"
+    shutil.copyfile(project_root / source, home / "dagster.yaml")
     return home
 
 
@@ -64,6 +74,11 @@ class DevStack:
 
     def start(self) -> None:
         """Broker, Kraken source, then Dagster."""
+        if port_in_use(self.webserver_port):
+            raise SystemExit(
+                f"Port {self.webserver_port} is already in use (another `make run`?). Stop it, or "
+                f"start on another port: python -m trades_platform.dev --port 3001"
+            )
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._start_broker()
         self._choose_kraken()
@@ -126,6 +141,9 @@ class DevStack:
                 str(self.simulator_port),
                 "--pairs",
                 pairs,
+                # A low rate keeps a simulated day small enough to backfill in seconds.
+                "--trades-per-second",
+                self.env.get("SIMULATOR_TRADES_PER_SECOND", "5"),
             ],
         )
         wait_for_port("127.0.0.1", self.simulator_port, timeout_seconds=30)
