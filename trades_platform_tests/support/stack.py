@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,6 +96,23 @@ class RunningStack:
         result = self.graphql(mutation)["startSchedule"]
         assert result["__typename"] == "ScheduleStateResult", result
         assert result["scheduleState"]["status"] == "RUNNING", result
+
+    def worker_pid(self, run_id: str) -> int | None:
+        """The run worker's pid, from Dagster's own "Executing steps in process (pid: N)" event."""
+        for message in self.run_messages(run_id):
+            match = re.search(r"in process \(pid: (\d+)\)", message)
+            if match:
+                return int(match[1])
+        return None
+
+    def terminate(self, run_id: str) -> None:
+        """What the run page's Terminate button does."""
+        mutation = (
+            f'mutation {{ terminateRun(runId: "{run_id}") '
+            "{ __typename ... on PythonError { message } } }"
+        )
+        result = self.graphql(mutation)["terminateRun"]
+        assert result["__typename"] == "TerminateRunSuccess", result
 
     def log_tail(self, chars: int = 4000) -> str:
         """The end of the launcher's output, for failure messages."""
