@@ -35,6 +35,10 @@ dev: run ## Same as run
 test: install ## Run the test suite (real broker, simulator, Dagster instance, Postgres)
 	$(BIN)/python -m pytest
 
+.PHONY: soak
+soak: install ## Live job 10 min against the simulator, a socket fault every 30 s; lost/duplicated per pair (SOAK_ARGS="--minutes 2")
+	$(BIN)/python -m soak $(SOAK_ARGS)
+
 bench: install ## Benchmark the trade path (local broker, replay server); writes bench/results.json
 	$(BIN)/python -m bench
 

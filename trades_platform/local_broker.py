@@ -37,16 +37,21 @@ def broker_binary() -> Path:
     return path
 
 
-def broker_command(port: int) -> list[str]:
-    """The command line that runs tansu on 127.0.0.1:port with in-memory storage."""
+def broker_command(port: int, advertised_port: int | None = None) -> list[str]:
+    """The command line that runs tansu on 127.0.0.1:port with in-memory storage.
+
+    `advertised_port` is the port clients are told to use in metadata (default: `port`); a test
+    sets it to a TCP proxy's port so that every connection goes through the proxy.
+    """
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     return [
         str(broker_binary()),
         "broker",
         "--listener-url",
         url,
         "--advertised-listener-url",
-        url,
+        advertised,
         "--storage-engine",
         "memory://tansu/",
     ]
@@ -77,15 +82,22 @@ def wait_for_port(host: str, port: int, timeout_seconds: float) -> None:
 class LocalBroker:
     """Runs one tansu broker on 127.0.0.1 for as long as the context is open."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        # Clients bootstrap here; metadata sends them to the advertised port (a proxy, in tests).
+        self.advertised_port = advertised_port or self.port
+        self.address = f"127.0.0.1:{self.advertised_port}"
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_seconds: float = 15.0) -> LocalBroker:
         """Start the broker and wait until it accepts connections."""
-        command = broker_command(self.port)
+        command = broker_command(self.port, self.advertised_port)
         output = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         try:

@@ -10,7 +10,12 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
-from trades_platform.coverage.claims import BACKFILL_PAGE_BOUND_SECONDS, ClaimBoard
+from trades_platform.coverage.claims import (
+    BACKFILL_PAGE_BOUND_SECONDS,
+    LEASE_SECONDS,
+    ClaimBoard,
+    TailClaim,
+)
 from trades_platform.coverage.topic_ids import scan_topic_ids
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.kraken.protocol import RestTradeRow
@@ -110,17 +115,36 @@ class BackfillSummary:
         return metadata
 
 
+# A claim carries its writer's clock: compare it with this run's with this much slack.
+_CLAIM_CLOCK_SKEW_MS = 60_000
+
+
+@dataclass
+class _TopicReading:
+    """When this run read the topic, and the ended claims it has read it again for since."""
+
+    started_ms: int
+    reread_for: set[tuple[str, int]] = field(default_factory=set)
+
+
 def _write_page(
     rows: list[RestTradeRow],
     window: PartitionWindow,
     writer: DeduplicatingWriter,
     board: ClaimBoard,
     summary: BackfillSummary,
+    reading: _TopicReading,
+    context: AssetExecutionContext,
 ) -> None:
     """Write a page's missing ids below any live claim; wait until the broker acknowledged them."""
     # Checked before every page: the live writer waits out a page's bound after it claims.
-    claim = board.alive_claim(window.pair)
-    below_id = claim.from_id if claim is not None else None
+    claim = board.claims().get(window.pair)
+    below_id = None
+    if claim is not None and claim.owner != board.owner:
+        if claim.alive():
+            below_id = claim.from_id
+        else:
+            _catch_up_with_ended_claim(claim, window, writer, board, reading, context)
     before_present = writer.skipped_present
     written = writer.write(
         (row.to_trade(window.pair, source="backfill") for row in rows), below_id=below_id
@@ -130,6 +154,33 @@ def _write_page(
     summary.written += len(written)
     summary.already_present += writer.skipped_present - before_present
     summary.left_to_live += len(rows) - len(written) - (writer.skipped_present - before_present)
+
+
+def _catch_up_with_ended_claim(
+    claim: TailClaim,
+    window: PartitionWindow,
+    writer: DeduplicatingWriter,
+    board: ClaimBoard,
+    reading: _TopicReading,
+    context: AssetExecutionContext,
+) -> None:
+    """Read the topic again if a live writer's claim ended after this run first read it.
+
+    While its claim was alive the live writer wrote ids this run has not seen; now that the
+    ids are the backfill's again, writing them from the first reading would write them twice.
+    """
+    # A released claim's writer flushed before releasing; a dead one wrote until its lease ran out.
+    ended_ms = claim.heartbeat_ms + (0 if claim.released else int(LEASE_SECONDS * 1000))
+    key = (claim.owner, claim.heartbeat_ms)
+    if ended_ms < reading.started_ms - _CLAIM_CLOCK_SKEW_MS or key in reading.reread_for:
+        return
+    found = scan_topic_ids(board.settings, [window.pair])[window.pair]
+    writer.replace_present(window.pair, found.ids)
+    reading.reread_for.add(key)
+    context.log.info(
+        f"{window.pair}: the live claim from id {claim.from_id} ended during this run; read the "
+        f"topic again ({len(found.ids)} ids of the pair present)"
+    )
 
 
 @asset(
@@ -156,6 +207,7 @@ def kraken_trades_history(
     )
     settings = redpanda.producer_settings()
     # What is already in the topic is never written again (see ARCHITECTURE.md).
+    reading = _TopicReading(started_ms=int(time.time() * 1000))
     present = scan_topic_ids(settings, [window.pair])[window.pair].ids
     board = ClaimBoard(settings, owner=context.run_id)
     bound_ms = int(BACKFILL_PAGE_BOUND_SECONDS * 1000)
@@ -166,7 +218,7 @@ def kraken_trades_history(
         writer = DeduplicatingWriter(producer, {window.pair: present})
         for rows in client.trade_rows(window.pair, window.start_us, window.end_us):
             if rows:
-                _write_page(rows, window, writer, board, summary)
+                _write_page(rows, window, writer, board, summary, reading, context)
             producer.poll()
             if client.stats.pages_fetched % PROGRESS_EVERY_PAGES == 0:
                 reached = format_time_us(summary.times_us[-1]) if summary.count else "none yet"

@@ -85,15 +85,28 @@ class ClaimBoard:
         self._producer = Producer({**_client_config(settings), "enable.idempotence": True})
         self._consumer = Consumer(consumer_config(settings))
 
-    def publish(self, pair: str, from_id: int, *, released: bool = False) -> TailClaim:
-        """Write a claim (or its release) and wait until the broker acknowledged it."""
+    def publish(
+        self, pair: str, from_id: int, *, released: bool = False, timeout_seconds: float = 30.0
+    ) -> TailClaim:
+        """Write a claim (or its release); wait up to `timeout_seconds` for the broker's ack."""
         claim = TailClaim(pair, from_id, self.owner, int(time.time() * 1000), released)
+        failures: list[KafkaError] = []
+
+        def on_delivery(error: KafkaError | None, _message: object) -> None:
+            if error is not None:
+                failures.append(error)
+
         self._producer.produce(
-            self.topic, key=f"tail|{pair}".encode(), value=orjson.dumps(claim.__dict__)
+            self.topic,
+            key=f"tail|{pair}".encode(),
+            value=orjson.dumps(claim.__dict__),
+            on_delivery=on_delivery,
         )
-        if self._producer.flush(30) != 0:
+        remaining = self._producer.flush(timeout_seconds)
+        if remaining or failures:
             raise TimeoutError(
-                f"claim for {pair} not acknowledged by {self.settings.broker_address}"
+                f"claim for {pair} not acknowledged by {self.settings.broker_address}: "
+                f"{failures[0] if failures else 'still queued'}"
             )
         return claim
 

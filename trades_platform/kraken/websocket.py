@@ -223,6 +223,9 @@ class KrakenTradeStream:
                 log(f"Kraken status: system={message.system} version={message.version}")
             elif isinstance(message, ErrorMessage):
                 self._log.warning(f"Kraken error for {message.method}: {message.error}")
+            elif isinstance(message, IgnoredMessage) and message.description.startswith("channel"):
+                # Only `trade` is subscribed: data on any other channel is unexpected input.
+                self._reject(RejectedFrame(f"unsubscribed {message.description}", raw))
             elif isinstance(message, (Heartbeat, Pong, IgnoredMessage)):
                 pass
 

@@ -85,6 +85,9 @@ class LiveTail:
         self._sleep = sleep
         self._claimed: dict[str, int] = {}
         self._heartbeat_at = 0.0
+        # A claim waits for an unreachable broker as long as a trade does (the configured
+        # delivery timeout): a shorter bound would fail the run before that bound is reached.
+        self._claim_timeout_seconds = max(30.0, settings.delivery_timeout_ms / 1000)
 
     def start(self, pairs: list[str], scanned: dict[str, PairIds]) -> dict[str, tuple[int, int]]:
         """Claim the tails that resume from the topic; return where the stream resumes each."""
@@ -122,7 +125,7 @@ class LiveTail:
         """Re-publish the claims when a heartbeat is due (they die after the lease)."""
         if self._claimed and time.monotonic() - self._heartbeat_at >= HEARTBEAT_SECONDS:
             for pair, from_id in self._claimed.items():
-                self.board.publish(pair, from_id)
+                self.board.publish(pair, from_id, timeout_seconds=self._claim_timeout_seconds)
             self._heartbeat_at = time.monotonic()
 
     def heal(self, gap: TradeGap) -> None:
@@ -177,7 +180,7 @@ class LiveTail:
         if not claims:
             return
         for pair, (from_id, _time_us) in claims.items():
-            self.board.publish(pair, from_id)
+            self.board.publish(pair, from_id, timeout_seconds=self._claim_timeout_seconds)
             self._claimed[pair] = from_id
             self.stats.claims += 1
         self._heartbeat_at = time.monotonic()

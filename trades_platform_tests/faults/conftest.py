@@ -1,0 +1,412 @@
+"""Shared fixtures and checks of the fault-injection suite (`pytest -m faults`).
+
+Every scenario ends the same way: read the topic back and show, per pair, that the ids form one
+contiguous run with no id twice (and, for live data, that each record is the simulated market's
+trade). `assert_exactly_once` does that and prints one summary line per pair, which is what the
+suite reports (`pytest -m faults -s`).
+"""
+
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import (
+    DagsterInstance,
+    ExecuteInProcessResult,
+    instance_for_test,
+    materialize,
+)
+
+from trades_platform.backfill.asset import kraken_trades_history
+from trades_platform.backfill.partitions import PartitionWindow
+from trades_platform.live.job import live_trades_job
+from trades_platform.local_broker import LocalBroker, free_port
+from trades_platform.resources import KrakenResource, RedpandaResource
+from trades_platform.simulator.market import SimulatedMarket
+from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform_tests.support.tcp_proxy import TcpProxy
+from trades_platform_tests.support.topic import TopicRecord
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+
+LIVE_PAIRS = ["BTC/USD", "ETH/USD"]
+LIVE_RATE = 25.0
+LIVE_JOB_COMMAND = ["job", "execute", "-m", "trades_platform.definitions", "-j", "live_trades_job"]
+# The backfill's own summary line, as a CLI run logs it.
+_BACKFILL_SUMMARY = re.compile(
+    r"(?P<count>\d+) trades in the window, (?P<written>\d+) written, (?P<already_present>\d+) "
+    r"already in the topic, (?P<left_to_live_writer>\d+) left to the live writer"
+)
+
+# The backfill tests' rate: about 9,900 trades per pair and day, ten 1000-trade pages.
+BACKFILL_RATE = 0.115053
+
+
+@dataclass(frozen=True)
+class PairCount:
+    """One pair's ids in the topic, against the run of ids they should form."""
+
+    pair: str
+    first_id: int
+    last_id: int
+    expected: int
+    in_topic: int
+    lost: int
+    duplicated: int
+
+    def line(self, label: str) -> str:
+        """One summary line for the suite's report."""
+        return (
+            f"[faults] {label}: {self.pair} ids {self.first_id}..{self.last_id} "
+            f"expected={self.expected} in_topic={self.in_topic} lost={self.lost} "
+            f"duplicated={self.duplicated}"
+        )
+
+
+def live_flags(
+    *extra: str, pairs: Sequence[str] = LIVE_PAIRS, rate: float = LIVE_RATE
+) -> list[str]:
+    """Simulator flags for a live scenario."""
+    return ["--pairs", ",".join(pairs), "--trades-per-second", str(rate), *extra]
+
+
+def live_config(**config: object) -> dict[str, Any]:
+    """Run config of `live_trades_job`, logging progress every second."""
+    return {"ops": {"stream_live_trades": {"config": {"progress_interval_seconds": 1, **config}}}}
+
+
+def live_kraken(simulator: SimulatorProcess, **settings: Any) -> KrakenResource:
+    """A Kraken resource on the simulator: quick reconnects, a REST pace fit for healing."""
+    base: dict[str, Any] = {
+        "ws_url": simulator.ws_url,
+        "rest_url": simulator.rest_url,
+        "pairs": LIVE_PAIRS,
+        "backoff_initial_seconds": 0.1,
+        "rest_requests_per_second": 20.0,
+    }
+    return KrakenResource(**(base | settings))
+
+
+def backfill_kraken(simulator: SimulatorProcess, **settings: Any) -> KrakenResource:
+    """A Kraken resource for backfills: the pacer lifted, short back-offs."""
+    base: dict[str, Any] = {
+        "rest_url": simulator.rest_url,
+        "pairs": LIVE_PAIRS,
+        "rest_requests_per_second": 200.0,
+        "rest_backoff_initial_seconds": 0.05,
+        "rest_backoff_max_seconds": 0.2,
+    }
+    return KrakenResource(**(base | settings))
+
+
+def run_live(
+    kraken: KrakenResource,
+    redpanda: RedpandaResource,
+    instance: DagsterInstance,
+    *,
+    raise_on_error: bool = True,
+    **config: object,
+) -> ExecuteInProcessResult:
+    """One bounded run of the live job, in process."""
+    return live_trades_job.execute_in_process(
+        run_config=live_config(**config),
+        resources={"kraken": kraken, "redpanda": redpanda},
+        instance=instance,
+        raise_on_error=raise_on_error,
+    )
+
+
+def run_backfill(
+    partition_key: str,
+    kraken: KrakenResource,
+    redpanda: RedpandaResource,
+    instance: DagsterInstance,
+) -> ExecuteInProcessResult:
+    """Materialize one partition of the backfill asset, in process."""
+    return materialize(
+        [kraken_trades_history],
+        partition_key=partition_key,
+        resources={"kraken": kraken, "redpanda": redpanda},
+        instance=instance,
+    )
+
+
+def backfill_metadata(result: ExecuteInProcessResult) -> dict[str, Any]:
+    """The partition's materialization metadata, as plain values."""
+    (materialization,) = result.asset_materializations_for_node("kraken_trades_history")
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def run_messages(instance: DagsterInstance, run_id: str) -> list[str]:
+    """The run's log messages, oldest first."""
+    return [entry.user_message for entry in instance.all_logs(run_id)]
+
+
+def stopped_line(messages: list[str]) -> str:
+    """The live op's final "Stopped: ..." line."""
+    stopped = [message for message in messages if message.startswith("Stopped:")]
+    assert stopped, "the live op never logged its Stopped line:\n" + "\n".join(messages[-30:])
+    return stopped[-1]
+
+
+def stat_from_line(line: str, name: str) -> int:
+    """The integer after `name=` in a progress or Stopped line."""
+    return int(line.split(f"{name}=")[1].split()[0].rstrip(";,"))
+
+
+def day_ids(market: SimulatedMarket, partition_key: str) -> list[int]:
+    """The ids the market traded in the partition's pair and day."""
+    window = PartitionWindow.from_key(partition_key)
+    first = market.first_id_at_or_after(window.pair, window.start_us)
+    stop = market.first_id_at_or_after(window.pair, window.end_us)
+    return list(range(first, stop))
+
+
+def count_pairs(records: list[TopicRecord]) -> dict[str, PairCount]:
+    """Per pair: the span of ids in the topic, how many are missing inside it, how many repeat."""
+    by_pair: dict[str, list[int]] = {}
+    for record in records:
+        by_pair.setdefault(record.value["pair"], []).append(record.value["trade_id"])
+    counts: dict[str, PairCount] = {}
+    for pair, ids in sorted(by_pair.items()):
+        unique = set(ids)
+        first, last = min(unique), max(unique)
+        expected = last - first + 1
+        counts[pair] = PairCount(
+            pair=pair,
+            first_id=first,
+            last_id=last,
+            expected=expected,
+            in_topic=len(ids),
+            lost=expected - len(unique),
+            duplicated=len(ids) - len(unique),
+        )
+    return counts
+
+
+def assert_exactly_once(
+    records: list[TopicRecord],
+    *,
+    label: str,
+    market: SimulatedMarket | None = None,
+    sources: Sequence[str] = ("live", "heal"),
+    pairs: Sequence[str] | None = None,
+    reaches_us: int | None = None,
+) -> dict[str, PairCount]:
+    """Each pair's ids form one contiguous run with no repeats; with a market, each is true to it.
+
+    With `reaches_us`, each pair's newest id is at least the market's newest at that time: a
+    run that silently stopped writing a pair would otherwise pass, its ids contiguous but short.
+    """
+    counts = count_pairs(records)
+    for count in counts.values():
+        print(count.line(label), flush=True)
+    if pairs is not None:
+        assert set(counts) == set(pairs), f"pairs in the topic: {sorted(counts)}"
+    if reaches_us is not None:
+        assert market is not None, "reaches_us needs the market"
+        short = {
+            pair: (count.last_id, market.last_id_at_or_before(pair, reaches_us))
+            for pair, count in counts.items()
+            if count.last_id < market.last_id_at_or_before(pair, reaches_us)
+        }
+        assert not short, f"{label}: pairs whose newest id stops short (have, want) {short}"
+    repeated = {
+        pair: sorted(i for i, n in Counter(ids_of(records, pair)).items() if n > 1)[:20]
+        for pair, count in counts.items()
+        if count.duplicated
+    }
+    assert not repeated, f"{label}: duplicated ids {repeated}"
+    holes = {
+        pair: _holes(ids_of(records, pair))[:10] for pair, count in counts.items() if count.lost
+    }
+    assert not holes, f"{label}: lost ids (first holes per pair) {holes}"
+    for record in records:
+        value = record.value
+        assert value["source"] in sources, f"unexpected source {value['source']!r}"
+        assert record.key == value["pair"].replace("/", "-")
+        if market is not None:
+            expected = market.trade(value["pair"], value["trade_id"])
+            assert record.timestamp_ms == value["timestamp_ms"] == expected.time_us // 1000
+            assert (value["price"], value["volume"], value["side"], value["ord_type"]) == (
+                expected.price,
+                expected.qty,
+                expected.side,
+                expected.ord_type,
+            ), f"{value['pair']} {value['trade_id']} differs from the market"
+    return counts
+
+
+def wall_us(seconds_ago: float = 0.0) -> int:
+    """Wall-clock time in µs, `seconds_ago` back (the live simulators run on real time)."""
+    return int((time.time() - seconds_ago) * 1_000_000)
+
+
+def ids_of(records: list[TopicRecord], pair: str) -> list[int]:
+    """One pair's ids, in topic order."""
+    return [r.value["trade_id"] for r in records if r.value["pair"] == pair]
+
+
+def _holes(ids: list[int]) -> list[tuple[int, int]]:
+    present = sorted(set(ids))
+    return [(a + 1, b - 1) for a, b in itertools.pairwise(present) if b > a + 1]
+
+
+@dataclass
+class ProxiedBroker:
+    """A dedicated broker that advertises a TCP proxy, so every client goes through the proxy."""
+
+    broker: LocalBroker
+    proxy: TcpProxy
+
+    @property
+    def address(self) -> str:
+        """What clients bootstrap from (the proxy)."""
+        return self.proxy.address
+
+
+@pytest.fixture
+def proxied_broker(tmp_path: Path) -> Iterator[ProxiedBroker]:
+    """A fresh tansu broker behind a fresh proxy, for one test."""
+    real_port = free_port()
+    with (
+        TcpProxy(real_port, max_lifetime_seconds=600) as proxy,
+        LocalBroker(
+            port=real_port, advertised_port=proxy.port, log_path=tmp_path / "broker.log"
+        ) as broker,
+    ):
+        yield ProxiedBroker(broker, proxy)
+
+
+# Dagster captures a step's stdout by swapping file descriptor 1, which a test's own output
+# does not need. (Never run two in-process runs at once, in threads: they swap that descriptor
+# out of order, and their logging set-up can deadlock. A concurrent run is a CLI subprocess.)
+_NO_CAPTURE = {
+    "compute_logs": {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+}
+
+
+@contextmanager
+def fresh_instance() -> Iterator[DagsterInstance]:
+    """A throwaway Dagster instance that does not capture stdout."""
+    with instance_for_test(overrides=_NO_CAPTURE) as instance:
+        yield instance
+
+
+@pytest.fixture
+def dagster_instance() -> Iterator[DagsterInstance]:
+    """A throwaway Dagster instance."""
+    with fresh_instance() as instance:
+        yield instance
+
+
+class CliRun:
+    """A `dagster` CLI command in its own process group, its output collected by a thread."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [DAGSTER, *args],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            # Its own group: a SIGKILL then takes the run worker and any step process with it.
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        """Everything it printed so far."""
+        return "".join(self.lines)
+
+    def wait_for_output(self, text: str, timeout_seconds: float) -> None:
+        """Block until `text` appears in the output; fail with the output if it does not."""
+        deadline = time.monotonic() + timeout_seconds
+        while text not in self.output:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{text!r} never appeared; output:\n{self.output[-4000:]}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as an OOM killer or a lost machine would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._reader.join(5)
+
+    def wait(self, timeout_seconds: float) -> int:
+        """Wait for it to exit by itself; kill it (and fail) if it overruns."""
+        try:
+            code = self.process.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"did not finish in {timeout_seconds}s; output:\n{self.output[-4000:]}")
+        self._reader.join(5)
+        return code
+
+    def __enter__(self) -> "CliRun":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # Whatever happened in the test, leave no process behind.
+        if self.process.poll() is None:
+            self.kill()
+
+
+def backfill_command(partition_key: str) -> list[str]:
+    """`dagster asset materialize` of one backfill partition."""
+    return [
+        *("asset", "materialize", "-m", "trades_platform.definitions"),
+        *("--select", "kraken_trades_history", "--partition", partition_key),
+    ]
+
+
+def backfill_summary(output: str) -> dict[str, int]:
+    """The numbers of a CLI backfill run's summary line (written, already_present, ...)."""
+    match = _BACKFILL_SUMMARY.search(output)
+    assert match, f"no backfill summary in the output:\n{output[-4000:]}"
+    return {name: int(value) for name, value in match.groupdict().items()}
+
+
+def cli_env(
+    simulator: SimulatorProcess, broker: str, topic: str, home: Path, **extra: str
+) -> dict[str, str]:
+    """Environment of a `dagster` CLI run against the simulator and a topic."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = dict(os.environ)
+    env.update(
+        KRAKEN_WS_URL=simulator.ws_url,
+        KRAKEN_REST_URL=simulator.rest_url,
+        KRAKEN_PAIRS=",".join(LIVE_PAIRS),
+        KAFKA_BROKER_ADDRESS=broker,
+        KAFKA_TOPIC=topic,
+        DAGSTER_HOME=str(home),
+    )
+    env.update(extra)
+    return env

@@ -1,0 +1,106 @@
+"""The broker out of reach: a TCP proxy between every client and a dedicated broker is cut.
+
+Within `delivery_timeout_ms` the producer keeps retrying and the run carries on; past it the run
+fails loudly (DeliveryError) and the next run, as the sensor would launch it, resumes from the
+topic: nothing acknowledged is lost and nothing is written twice.
+"""
+
+import time
+
+import pytest
+from dagster import DagsterInstance
+
+from trades_platform.resources import RedpandaResource
+from trades_platform.simulator.market import SimulatedMarket
+from trades_platform_tests.faults.conftest import (
+    LIVE_PAIRS,
+    LIVE_RATE,
+    ProxiedBroker,
+    assert_exactly_once,
+    live_flags,
+    live_kraken,
+    run_live,
+    run_messages,
+    stopped_line,
+    wall_us,
+)
+from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform_tests.support.topic import read_topic, unique_topic
+
+pytestmark = pytest.mark.faults
+
+MARKET = SimulatedMarket(LIVE_PAIRS, LIVE_RATE)
+CUT_SECONDS = 20.0
+
+
+def test_a_20s_broker_cut_within_the_delivery_timeout_keeps_the_run_alive(
+    proxied_broker: ProxiedBroker, dagster_instance: DagsterInstance
+) -> None:
+    """Cut 20 s, delivery timeout 60 s: the run rides it out and every trade lands once."""
+    topic = unique_topic("faults-cut")
+    redpanda = RedpandaResource(
+        broker_address=proxied_broker.address, topic=topic, delivery_timeout_ms=60_000
+    )
+    proxy = proxied_broker.proxy
+    with SimulatorProcess(*live_flags()) as sim:
+        proxy.cut_later(6.0, CUT_SECONDS)
+        started = time.monotonic()
+        # Long enough after the restore (and librdkafka's reconnect back-off) to show resuming.
+        result = run_live(live_kraken(sim), redpanda, dagster_instance, max_seconds=48)
+        elapsed = time.monotonic() - started
+        ended_us = wall_us(seconds_ago=3)
+    line = stopped_line(run_messages(dagster_instance, result.run_id))
+    assert result.success
+    assert proxy.stats.cuts == 1 and proxy.stats.connections_cut >= 1, proxy.stats
+    assert proxy.stats.refused >= 1, "no client tried the broker during the cut"
+    assert elapsed > 6.0 + CUT_SECONDS
+    written = int(line.split("Stopped: ")[1].split(" trades written")[0])
+    assert f"{written} trades written, {written} acknowledged by the broker, 0 failed" in line
+    records = read_topic(proxied_broker.address, topic, expected=written)
+    assert len(records) == written
+    assert_exactly_once(
+        records, label="cut-20s", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+    )
+    # It went on streaming after the broker came back: trades from after the restore landed.
+    assert proxy.stats.restored_at is not None
+    newest_ms = max(record.timestamp_ms for record in records)
+    assert newest_ms > proxy.stats.restored_at * 1000, "nothing streamed after the restore"
+    print(f"[faults] cut-20s: {written} written and acknowledged; proxy {proxy.stats}")
+
+
+def test_a_cut_past_the_delivery_timeout_fails_the_run_and_the_relaunch_recovers(
+    proxied_broker: ProxiedBroker, dagster_instance: DagsterInstance
+) -> None:
+    """Cut 20 s, delivery timeout 8 s: DeliveryError fails the run; the next run fills the gap."""
+    topic = unique_topic("faults-cut-fail")
+    redpanda = RedpandaResource(
+        broker_address=proxied_broker.address, topic=topic, delivery_timeout_ms=8_000
+    )
+    proxy = proxied_broker.proxy
+    with SimulatorProcess(*live_flags()) as sim:
+        kraken = live_kraken(sim)
+        proxy.cut_later(6.0, CUT_SECONDS)
+        failed = run_live(kraken, redpanda, dagster_instance, raise_on_error=False, max_seconds=60)
+        assert not failed.success
+        failure = failed.failure_data_for_node("stream_live_trades")
+        assert failure is not None and failure.error is not None
+        error = failure.error.to_string()
+        assert "DeliveryError" in error, error
+        assert proxy.wait_restored(CUT_SECONDS + 5)
+        # What the sensor does next: launch the job again.
+        relaunched = run_live(kraken, redpanda, dagster_instance, max_seconds=8)
+        ended_us = wall_us(seconds_ago=3)
+    assert relaunched.success
+    first_line = [m for m in run_messages(dagster_instance, failed.run_id) if "Stopped:" in m][-1]
+    second_line = stopped_line(run_messages(dagster_instance, relaunched.run_id))
+    records = read_topic(proxied_broker.address, topic)
+    counts = assert_exactly_once(
+        records, label="cut-past-timeout", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+    )
+    healed = sum(record.value["source"] == "heal" for record in records)
+    assert healed > 0, "the relaunch did not heal the time the broker was away"
+    # The relaunch wrote on from where the failed run's acknowledged trades end.
+    assert all(count.in_topic > LIVE_RATE * (6 + CUT_SECONDS) for count in counts.values())
+    print(f"[faults] cut-past-timeout: failed run: {first_line[:160]}")
+    print(f"[faults] cut-past-timeout: relaunch: {second_line[:160]}; {healed} healed")
+    print(f"[faults] cut-past-timeout: error {error.splitlines()[0][:200]}")

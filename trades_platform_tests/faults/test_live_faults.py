@@ -1,0 +1,188 @@
+"""The live job against the exchange misbehaving: drops, stalls, malformed frames, REST storms."""
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from dagster import DagsterInstance
+
+from trades_platform.resources import RedpandaResource
+from trades_platform.simulator.market import SimulatedMarket
+from trades_platform_tests.faults.conftest import (
+    LIVE_PAIRS,
+    LIVE_RATE,
+    assert_exactly_once,
+    live_flags,
+    live_kraken,
+    run_live,
+    run_messages,
+    stat_from_line,
+    stopped_line,
+    wall_us,
+)
+from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform_tests.support.topic import read_topic, unique_topic
+
+pytestmark = pytest.mark.faults
+
+MARKET = SimulatedMarket(LIVE_PAIRS, LIVE_RATE)
+
+
+def test_socket_drops_mid_stream(broker: str, dagster_instance: DagsterInstance) -> None:
+    """Several abrupt drops (1006) in one bounded run: each reconnect resumes without a repeat."""
+    topic = unique_topic("faults-drops")
+    # A connection's budget includes its 2 x 50-trade snapshot: about 2 s of new trades each.
+    with SimulatorProcess(*live_flags("--drop-after-trades", "200")) as sim:
+        result = run_live(
+            live_kraken(sim),
+            RedpandaResource(broker_address=broker, topic=topic),
+            dagster_instance,
+            max_trades=500,
+        )
+        ended_us = wall_us(seconds_ago=3)
+        stats = sim.stats()
+    line = stopped_line(run_messages(dagster_instance, result.run_id))
+    assert result.success
+    assert stats["drops"] >= 3, stats
+    assert stat_from_line(line, "reconnects") >= 3, line
+    records = read_topic(broker, topic, expected=500)
+    assert len(records) == 500
+    assert_exactly_once(
+        records, label="drops", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+    )
+    print(
+        f"[faults] drops: simulator {stats['drops']} drops, ws trades sent {stats['trades_sent']}"
+    )
+
+
+def test_stall_past_the_watchdog_is_healed_from_rest(
+    broker: str, dagster_instance: DagsterInstance
+) -> None:
+    """Silence past the watchdog: reconnect; the gap exceeds the snapshot, so REST heals it."""
+    topic = unique_topic("faults-stall")
+    # The watchdog fires after 3 s: about 80 trades per pair, more than the 50-trade snapshot.
+    flags = live_flags("--stall-after-trades", "200", "--stall-seconds", "8")
+    with SimulatorProcess(*flags) as sim:
+        result = run_live(
+            live_kraken(sim, watchdog_seconds=3.0),
+            RedpandaResource(broker_address=broker, topic=topic),
+            dagster_instance,
+            max_trades=700,
+        )
+        ended_us = wall_us(seconds_ago=3)
+        stats = sim.stats()
+    messages = run_messages(dagster_instance, result.run_id)
+    line = stopped_line(messages)
+    assert result.success
+    assert stats["stalls"] >= 1, stats
+    assert any("(watchdog)" in message for message in messages)
+    assert stat_from_line(line, "healed") > 0, line
+    records = read_topic(broker, topic, expected=700)
+    assert len(records) >= 700
+    assert_exactly_once(
+        records, label="stall", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+    )
+    healed = [record for record in records if record.value["source"] == "heal"]
+    assert healed, "the stall left no gap beyond the snapshot"
+    print(f"[faults] stall: {stats['stalls']} stalls, {len(healed)} trades healed from REST")
+
+
+def _read_dead_letters(broker: str, topic: str) -> list[dict[str, object]]:
+    """Every record of `<topic>.dlq`, read to the end of each partition."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker,
+            "group.id": f"dlq-reader-{topic}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
+        pending = set(metadata.partitions)
+        values: list[dict[str, object]] = []
+        while pending:
+            for message in consumer.consume(1000, timeout=1.0):
+                error = message.error()
+                if error is not None:
+                    assert error.code() == KafkaError._PARTITION_EOF, error
+                    pending.discard(message.partition())
+                    continue
+                values.append(orjson.loads(message.value()))
+        return values
+    finally:
+        consumer.close()
+
+
+def test_malformed_frames_go_to_the_dead_letter_topic(
+    broker: str, dagster_instance: DagsterInstance
+) -> None:
+    """A bad frame after every third: counted, dead-lettered with a reason; no good trade lost."""
+    topic = unique_topic("faults-malformed")
+    with SimulatorProcess(*live_flags("--malformed-every-frames", "3")) as sim:
+        result = run_live(
+            live_kraken(sim),
+            RedpandaResource(broker_address=broker, topic=topic),
+            dagster_instance,
+            max_trades=400,
+        )
+        ended_us = wall_us(seconds_ago=3)
+        stats = sim.stats()
+    line = stopped_line(run_messages(dagster_instance, result.run_id))
+    assert result.success
+    rejected = stat_from_line(line, "dead-lettered")
+    assert rejected > 0, line
+    records = read_topic(broker, topic, expected=400)
+    assert len(records) == 400
+    assert_exactly_once(
+        records, label="malformed", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+    )
+    dead = _read_dead_letters(broker, f"{topic}.dlq")
+    reasons = sorted({str(value["reason"]).split(":")[0] for value in dead})
+    print(
+        f"[faults] malformed: simulator sent {stats['malformed_frames_sent']} malformed frames, "
+        f"the run rejected {rejected}, the DLQ holds {len(dead)}; reasons {reasons}"
+    )
+    assert len(dead) == rejected
+    assert all(value["reason"] and value["source"] == "live" for value in dead)
+    assert all(isinstance(value["raw"], str) and value["raw"] for value in dead)
+    # Every malformed kind is there, the unknown channel included (the last frame sent may
+    # arrive after the run stopped reading).
+    assert rejected >= stats["malformed_frames_sent"] - 1
+    assert "unsubscribed channel 'simulator_bogus'" in {str(value["reason"]) for value in dead}
+
+
+def test_rate_limit_storm_during_a_heal(broker: str, dagster_instance: DagsterInstance) -> None:
+    """The heal's REST calls meet ten rate-limit answers in a row: slower, nothing lost."""
+    topic = unique_topic("faults-heal-storm")
+    flags = live_flags(
+        "--stall-after-trades", "200", "--stall-seconds", "8", "--rest-rate-limit-next", "10"
+    )
+    with SimulatorProcess(*flags) as sim:
+        result = run_live(
+            live_kraken(
+                sim,
+                watchdog_seconds=3.0,
+                rest_backoff_initial_seconds=0.05,
+                rest_backoff_max_seconds=0.3,
+            ),
+            RedpandaResource(broker_address=broker, topic=topic),
+            dagster_instance,
+            max_trades=700,
+        )
+        ended_us = wall_us(seconds_ago=3)
+        stats = sim.stats()
+    messages = run_messages(dagster_instance, result.run_id)
+    assert result.success
+    assert stats["rate_limit_errors"] == 10, stats
+    assert sum("rate limited" in message for message in messages) == 10
+    records = read_topic(broker, topic, expected=700)
+    assert_exactly_once(
+        records, label="heal-storm", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+    )
+    healed = [record for record in records if record.value["source"] == "heal"]
+    assert healed, "no heal happened, so the storm hit nothing"
+    print(
+        f"[faults] heal-storm: {stats['rate_limit_errors']} rate-limit answers, "
+        f"{len(healed)} healed"
+    )
