@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rest_trades = config.backfill_trades + 5_000
     with Harness(rest_trades=rest_trades) as harness:
-        print(f"broker {harness.broker}, replay {harness.ws_url}, logs in {harness.log_dir}")
+        print(
+            f"broker {harness.broker}, replay {harness.ws_url}, "
+            f"logs in {harness.log_dir} (kept if a run fails)"
+        )
         runs = run_suite(config, harness, only=only)
     if only:
         print(json.dumps(runs, indent=2))

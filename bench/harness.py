@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,8 @@ class Harness:
     def __init__(self, rest_trades: int, log_dir: Path | None = None) -> None:
         self._rest_trades = rest_trades
         self._stack = ExitStack()
+        # A temporary log directory goes away after a clean run; a failed run keeps it to read.
+        self._own_log_dir = log_dir is None
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="trades-bench-"))
         self.broker = ""
         self.ws_url = self.rest_url = self.paced_rest_url = ""
@@ -133,6 +136,8 @@ class Harness:
         traceback: TracebackType | None,
     ) -> None:
         self._stack.close()
+        if exc is None and self._own_log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def _drop_admin(self) -> None:
         self._admin = None
