@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from bench.spec import RunSpec
 from bench.worker import RESULT_PREFIX
 from trades_platform.local_broker import LocalBroker
+from trades_platform.processes import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 _REPLAY_READY = re.compile(r"replay ready (?P<ws>ws://\S+) rest (?P<rest>http://\S+)")
@@ -63,13 +64,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         """Terminate and reap."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
 
 
 class Harness:

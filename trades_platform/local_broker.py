@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from trades_platform.processes import stop_process
+
 DEFAULT_PORT = 19092
 
 
@@ -109,13 +111,7 @@ class LocalBroker:
 
     def stop(self) -> None:
         """Stop the broker (its topics are gone with it)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
         self._process = None
 
     def __enter__(self) -> LocalBroker:

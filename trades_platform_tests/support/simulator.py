@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from trades_platform.processes import stop_process
+
 _READY = re.compile(r"ready (?P<ws>ws://\S+) rest (?P<rest>http://\S+)")
 
 
@@ -66,13 +68,7 @@ class SimulatorProcess:
 
     def stop(self) -> None:
         """Stop it."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
 
     def __enter__(self) -> SimulatorProcess:
         return self.start()
