@@ -8,25 +8,11 @@ import pytest
 from pydantic import ValidationError
 
 from trades_platform.trade import Trade, format_time_us, parse_time_iso, seconds_to_time_us
-
-
-def _trade(**overrides: object) -> Trade:
-    fields = {
-        "pair": "BTC/USD",
-        "price": 67000.1,
-        "volume": 0.0123,
-        "time_us": 1695628177708706,
-        "trade_id": 4665906,
-        "side": "buy",
-        "ord_type": "market",
-        "source": "live",
-    }
-    fields.update(overrides)
-    return Trade.from_parts(**fields)  # type: ignore[arg-type]
+from trades_platform_tests.support.trades import sample_trade
 
 
 def test_value_keeps_the_original_services_fields_and_adds_new_ones() -> None:
-    value = json.loads(_trade().to_json())
+    value = json.loads(sample_trade().to_json())
     assert value["pair"] == "BTC/USD"
     assert value["price"] == 67000.1 and isinstance(value["price"], float)
     assert value["volume"] == 0.0123
@@ -37,11 +23,11 @@ def test_value_keeps_the_original_services_fields_and_adds_new_ones() -> None:
 
 
 def test_key_uses_a_dash() -> None:
-    assert _trade(pair="ETH/USD").message_key == "ETH-USD"
+    assert sample_trade(pair="ETH/USD").message_key == "ETH-USD"
 
 
 def test_a_constructed_record_passes_full_validation() -> None:
-    trade = _trade()
+    trade = sample_trade()
     assert Trade.model_validate_json(trade.to_json()) == trade
 
 
@@ -51,7 +37,7 @@ def test_timestamps_do_not_depend_on_the_machine_timezone(zone: str) -> None:
     os.environ["TZ"] = zone
     time.tzset()
     try:
-        trade = _trade(time_us=1704153600000000)
+        trade = sample_trade(time_us=1704153600000000)
         assert trade.timestamp == "2024-01-02T00:00:00.000000Z"
         assert trade.timestamp_ms == 1704153600000
         assert parse_time_iso("2024-01-02T00:00:00Z") == 1704153600000000
@@ -64,7 +50,7 @@ def test_timestamps_do_not_depend_on_the_machine_timezone(zone: str) -> None:
 
 
 def test_validation_rejects_inconsistent_or_bad_records() -> None:
-    good = json.loads(_trade().to_json())
+    good = json.loads(sample_trade().to_json())
     for bad in (
         {**good, "timestamp_ms": good["timestamp_ms"] + 1},
         {**good, "timestamp": "2023-09-25T07:49:37Z"},

@@ -7,25 +7,11 @@ import orjson
 
 from trades_platform.kraken.protocol import parse_rest_row
 from trades_platform.trade import Trade, seconds_to_time_us
-
-
-def _trade(**overrides: object) -> Trade:
-    fields = {
-        "pair": "BTC/USD",
-        "price": 67000.1,
-        "volume": 0.0123,
-        "time_us": 1695628177708706,
-        "trade_id": 4665906,
-        "side": "buy",
-        "ord_type": "market",
-        "source": "live",
-    }
-    fields.update(overrides)
-    return Trade.from_parts(**fields)  # type: ignore[arg-type]
+from trades_platform_tests.support.trades import sample_trade
 
 
 def test_from_parts_equals_model_construct_and_full_validation() -> None:
-    trade = _trade()
+    trade = sample_trade()
     constructed = Trade.model_construct(**trade.model_dump())
     validated = Trade.model_validate(trade.model_dump())
     for other in (constructed, validated):
@@ -36,17 +22,17 @@ def test_from_parts_equals_model_construct_and_full_validation() -> None:
 
 
 def test_a_given_timestamp_is_used_as_is() -> None:
-    trade = _trade(timestamp="2023-09-25T07:49:37.708706Z")
-    assert trade == _trade()
+    trade = sample_trade(timestamp="2023-09-25T07:49:37.708706Z")
+    assert trade == sample_trade()
 
 
 def test_to_json_is_the_bytes_of_model_dump() -> None:
-    for trade in (_trade(), Trade.model_validate(_trade().model_dump() | {"price": 5})):
+    for trade in (sample_trade(), Trade.model_validate(sample_trade().model_dump() | {"price": 5})):
         assert trade.to_json() == orjson.dumps(trade.model_dump())
 
 
 def test_fields_set_is_not_shared_between_records() -> None:
-    first, second = _trade(), _trade(trade_id=2)
+    first, second = sample_trade(), sample_trade(trade_id=2)
     assert first.model_fields_set is not second.model_fields_set
 
 
