@@ -17,9 +17,16 @@ from trades_platform.coverage.claims import (
     TailClaim,
 )
 from trades_platform.coverage.topic_ids import scan_topic_ids
+from trades_platform.coverage.window_leases import LEASE_SECONDS as WINDOW_LEASE_SECONDS
+from trades_platform.coverage.window_leases import (
+    LeaseAhead,
+    WindowLeaseHolder,
+    describe_lease,
+)
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.kraken.protocol import RestTradeRow
 from trades_platform.kraken.rest import KrakenRestClient
+from trades_platform.producer import ProducerSettings
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.trade import format_time_us
 
@@ -34,6 +41,7 @@ class BackfillSummary:
     """The partition's trades (written now or already present), as columns for pandas."""
 
     started_at: float = field(default_factory=time.monotonic)
+    lease_wait_seconds: float = 0.0
     written: int = 0
     already_present: int = 0
     left_to_live: int = 0
@@ -86,6 +94,7 @@ class BackfillSummary:
             "written": self.written,
             "already_present": self.already_present,
             "left_to_live_writer": self.left_to_live,
+            "seconds_waiting_for_other_backfills": round(self.lease_wait_seconds, 3),
             "pair": window.pair,
             "window": window.describe(),
             "topic": topic,
@@ -131,12 +140,14 @@ def _write_page(
     rows: list[RestTradeRow],
     window: PartitionWindow,
     writer: DeduplicatingWriter,
+    lease: WindowLeaseHolder,
     board: ClaimBoard,
     summary: BackfillSummary,
     reading: _TopicReading,
     context: AssetExecutionContext,
 ) -> None:
     """Write a page's missing ids below any live claim; wait until the broker acknowledged them."""
+    lease.ensure_held()
     # Checked before every page: the live writer waits out a page's bound after it claims.
     claim = board.claims().get(window.pair)
     below_id = None
@@ -183,6 +194,52 @@ def _catch_up_with_ended_claim(
     )
 
 
+def _log_waiting(ahead: list[LeaseAhead], context: AssetExecutionContext) -> None:
+    for other in ahead:
+        context.log.info(
+            f"Waiting for the backfill {describe_lease(other.lease)}: it holds an overlapping "
+            f"window (heartbeat {other.heartbeat[0]}, unchanged for {other.silent_seconds:.0f}s; "
+            f"presumed dead after {WINDOW_LEASE_SECONDS:.0f}s)"
+        )
+
+
+def _backfill_window(
+    window: PartitionWindow,
+    lease: WindowLeaseHolder,
+    summary: BackfillSummary,
+    settings: ProducerSettings,
+    kraken: KrakenResource,
+    redpanda: RedpandaResource,
+    context: AssetExecutionContext,
+) -> dict[str, Any]:
+    """Page through the window under the lease; return the materialization's metadata."""
+    # What is already in the topic is never written again (see ARCHITECTURE.md).
+    reading = _TopicReading(started_ms=int(time.time() * 1000))
+    present = scan_topic_ids(settings, [window.pair])[window.pair].ids
+    board = ClaimBoard(settings, owner=context.run_id)
+    bound_ms = int(BACKFILL_PAGE_BOUND_SECONDS * 1000)
+    with (
+        kraken.rest_client(log=context.log) as client,
+        redpanda.trade_producer(delivery_timeout_ms=bound_ms) as producer,
+    ):
+        writer = DeduplicatingWriter(producer, {window.pair: present})
+        for rows in client.trade_rows(window.pair, window.start_us, window.end_us):
+            if rows:
+                _write_page(rows, window, writer, lease, board, summary, reading, context)
+            producer.poll()
+            if client.stats.pages_fetched % PROGRESS_EVERY_PAGES == 0:
+                reached = format_time_us(summary.times_us[-1]) if summary.count else "none yet"
+                context.log.info(
+                    f"{client.stats.pages_fetched} pages, {summary.count} trades, reached "
+                    f"{reached}; {producer.acknowledged} acknowledged, "
+                    f"{client.stats.rate_limit_waits} rate-limit waits"
+                )
+        # The run succeeds only once the broker acknowledged every trade.
+        producer.flush()
+        board.close()
+        return summary.metadata(window, client, redpanda.topic)
+
+
 @asset(
     partitions_def=TRADES_HISTORY_PARTITIONS,
     description=(
@@ -206,36 +263,23 @@ def kraken_trades_history(
         f"{kraken.rest_page_size} trades/page)"
     )
     settings = redpanda.producer_settings()
-    # What is already in the topic is never written again (see ARCHITECTURE.md).
-    reading = _TopicReading(started_ms=int(time.time() * 1000))
-    present = scan_topic_ids(settings, [window.pair])[window.pair].ids
-    board = ClaimBoard(settings, owner=context.run_id)
-    bound_ms = int(BACKFILL_PAGE_BOUND_SECONDS * 1000)
-    with (
-        kraken.rest_client(log=context.log) as client,
-        redpanda.trade_producer(delivery_timeout_ms=bound_ms) as producer,
-    ):
-        writer = DeduplicatingWriter(producer, {window.pair: present})
-        for rows in client.trade_rows(window.pair, window.start_us, window.end_us):
-            if rows:
-                _write_page(rows, window, writer, board, summary, reading, context)
-            producer.poll()
-            if client.stats.pages_fetched % PROGRESS_EVERY_PAGES == 0:
-                reached = format_time_us(summary.times_us[-1]) if summary.count else "none yet"
-                context.log.info(
-                    f"{client.stats.pages_fetched} pages, {summary.count} trades, reached "
-                    f"{reached}; {producer.acknowledged} acknowledged, "
-                    f"{client.stats.rate_limit_waits} rate-limit waits"
-                )
-        # The run succeeds only once the broker acknowledged every trade.
-        producer.flush()
-        board.close()
-        metadata = summary.metadata(window, client, redpanda.topic)
+    # One backfill of a window at a time, across Dagster instances (coverage/window_leases.py).
+    with WindowLeaseHolder(
+        settings,
+        window.pair,
+        window.start_us,
+        window.end_us,
+        owner=context.run_id,
+        on_heartbeat_failure=context.log.warning,
+    ) as lease:
+        summary.lease_wait_seconds = lease.wait_for_turn(lambda ahead: _log_waiting(ahead, context))
+        metadata = _backfill_window(window, lease, summary, settings, kraken, redpanda, context)
     context.log.info(
         f"{window.describe()}: {summary.count} trades in the window, {summary.written} written, "
         f"{summary.already_present} already in the topic, {summary.left_to_live} left to the "
         f"live writer; {metadata['seconds']}s "
         f"({metadata['pages_fetched']} pages, {metadata['rate_limit_waits']} rate-limit waits, "
-        f"{metadata['retries']} retries, {metadata['rows_rejected']} rows rejected)"
+        f"{metadata['retries']} retries, {metadata['rows_rejected']} rows rejected, "
+        f"{metadata['seconds_waiting_for_other_backfills']}s waiting for another backfill)"
     )
     return MaterializeResult(metadata=metadata)

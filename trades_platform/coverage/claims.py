@@ -3,7 +3,8 @@
 The claims live in a compacted topic `<topic>.coverage` with one partition, so every writer
 sees them in one total order. A claim `(pair, from_id, owner, heartbeat)` says: the owner writes
 every id >= from_id of that pair. A backfill writes only ids below the `from_id` of a claim that
-is alive (heartbeat younger than the lease, not released).
+is alive (heartbeat younger than the lease, not released). The same topic carries the
+backfills' window leases (window_leases.py), under keys of their own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ BACKFILL_PAGE_BOUND_SECONDS = 5.0
 # After claiming, the live writer waits this long, then re-reads the topic: any backfill page that
 # started before the claim was visible has landed or failed by then.
 CLAIM_GRACE_SECONDS = 2 * BACKFILL_PAGE_BOUND_SECONDS
+# Keys of the tail claims in the coverage topic: `tail|<pair>`.
+TAIL_KEY_PREFIX = "tail|"
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def coverage_topic(settings: ProducerSettings) -> str:
 
 def ensure_coverage_topic(settings: ProducerSettings) -> None:
     """Create the compacted, single-partition claims topic if it does not exist."""
-    admin = AdminClient(_client_config(settings))
+    admin = AdminClient(client_config(settings))
     name = coverage_topic(settings)
     if name in admin.list_topics(timeout=10).topics:
         return
@@ -82,7 +85,7 @@ class ClaimBoard:
         self.owner = owner or uuid.uuid4().hex
         self.topic = coverage_topic(settings)
         ensure_coverage_topic(settings)
-        self._producer = Producer({**_client_config(settings), "enable.idempotence": True})
+        self._producer = Producer({**client_config(settings), "enable.idempotence": True})
         self._consumer = Consumer(consumer_config(settings))
 
     def publish(
@@ -90,24 +93,14 @@ class ClaimBoard:
     ) -> TailClaim:
         """Write a claim (or its release); wait up to `timeout_seconds` for the broker's ack."""
         claim = TailClaim(pair, from_id, self.owner, int(time.time() * 1000), released)
-        failures: list[KafkaError] = []
-
-        def on_delivery(error: KafkaError | None, _message: object) -> None:
-            if error is not None:
-                failures.append(error)
-
-        self._producer.produce(
+        publish_and_wait(
+            self._producer,
             self.topic,
-            key=f"tail|{pair}".encode(),
-            value=orjson.dumps(claim.__dict__),
-            on_delivery=on_delivery,
+            f"{TAIL_KEY_PREFIX}{pair}",
+            claim.__dict__,
+            timeout_seconds=timeout_seconds,
+            what=f"claim for {pair} at {self.settings.broker_address}",
         )
-        remaining = self._producer.flush(timeout_seconds)
-        if remaining or failures:
-            raise TimeoutError(
-                f"claim for {pair} not acknowledged by {self.settings.broker_address}: "
-                f"{failures[0] if failures else 'still queued'}"
-            )
         return claim
 
     def claims(self, timeout_seconds: float = 30.0) -> dict[str, TailClaim]:
@@ -117,6 +110,9 @@ class ClaimBoard:
         for message in read_to_end(
             self._consumer, self.topic, {0: 0}, timeout_seconds=timeout_seconds
         ):
+            # The topic also holds the backfills' window leases (coverage/window_leases.py).
+            if not (message.key() or b"").startswith(TAIL_KEY_PREFIX.encode()):
+                continue
             claim = TailClaim(**orjson.loads(message.value() or b"{}"))
             latest[claim.pair] = claim
         return latest
@@ -134,7 +130,32 @@ class ClaimBoard:
         self._consumer.close()
 
 
-def _client_config(settings: ProducerSettings) -> dict[str, object]:
+def publish_and_wait(
+    producer: Producer,
+    topic: str,
+    key: str,
+    value: dict[str, object],
+    *,
+    timeout_seconds: float,
+    what: str,
+) -> None:
+    """Produce one JSON record and wait for the broker's ack; TimeoutError naming `what` if none."""
+    failures: list[KafkaError] = []
+
+    def on_delivery(error: KafkaError | None, _message: object) -> None:
+        if error is not None:
+            failures.append(error)
+
+    producer.produce(topic, key=key.encode(), value=orjson.dumps(value), on_delivery=on_delivery)
+    remaining = producer.flush(timeout_seconds)
+    if remaining or failures:
+        raise TimeoutError(
+            f"{what} not acknowledged by the broker: {failures[0] if failures else 'still queued'}"
+        )
+
+
+def client_config(settings: ProducerSettings) -> dict[str, object]:
+    """The broker address and credentials of `settings`, for producers and admin clients."""
     config = consumer_config(settings)
     return {
         name: value

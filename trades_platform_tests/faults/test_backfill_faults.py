@@ -31,6 +31,7 @@ from trades_platform_tests.faults.conftest import (
     live_kraken,
     run_backfill,
     run_live,
+    run_messages,
 )
 from trades_platform_tests.support.simulator import SimulatorProcess
 from trades_platform_tests.support.topic import TopicRecord, read_topic, unique_topic
@@ -97,16 +98,6 @@ def test_rate_limit_storm_during_a_backfill(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "PRODUCT GAP, lead to decide: nothing coordinates two backfills of one partition. Each "
-        "reads the topic once at its start and writes every id it did not see, so two runs that "
-        "overlap (different Dagster instances, or a manual launch beside the backfill daemon) "
-        "both write the whole day: 9941 duplicates here. Needs a per-partition lease in the "
-        "claims topic (or one Dagster instance with a per-partition run limit)."
-    ),
-)
 def test_the_same_partition_twice_at_once_writes_the_day_once(
     broker: str, history: SimulatorProcess, dagster_instance: DagsterInstance, tmp_path: Path
 ) -> None:
@@ -132,10 +123,17 @@ def test_the_same_partition_twice_at_once_writes_the_day_once(
     expected = day_ids(BACKFILL_MARKET, key)
     records = read_topic(broker, topic, expected=len(expected))
     print(
-        f"[faults] backfill-twice: first wrote {first['written']} (already present "
-        f"{first['already_present']}), second wrote {second['written']} (already present "
-        f"{second['already_present']})"
+        f"[faults] backfill-twice: {len(expected)} trades in the day; first wrote "
+        f"{first['written']}, second waited {second['seconds_waiting_for_other_backfills']}s "
+        f"for its lease, then wrote {second['written']} (already present "
+        f"{second['already_present']}); {len(records)} records in the topic"
     )
+    # The second run waited for the first one's lease, then found the whole day present.
+    messages = "\n".join(run_messages(dagster_instance, ours.run_id))
+    assert "Waiting for the backfill BTC/USD" in messages
+    assert second["seconds_waiting_for_other_backfills"] > 0
+    assert (first["written"], second["written"]) == (len(expected), 0)
+    assert second["already_present"] == len(expected)
     assert_exactly_once(
         records,
         label="backfill-twice",

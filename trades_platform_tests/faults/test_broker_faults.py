@@ -10,6 +10,9 @@ import time
 import pytest
 from dagster import DagsterInstance
 
+from trades_platform.coverage import window_leases
+from trades_platform.coverage.window_leases import LeaseLost, WindowLeaseHolder
+from trades_platform.producer import ProducerSettings
 from trades_platform.resources import RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
 from trades_platform_tests.faults.conftest import (
@@ -104,3 +107,35 @@ def test_a_cut_past_the_delivery_timeout_fails_the_run_and_the_relaunch_recovers
     print(f"[faults] cut-past-timeout: failed run: {first_line[:160]}")
     print(f"[faults] cut-past-timeout: relaunch: {second_line[:160]}; {healed} healed")
     print(f"[faults] cut-past-timeout: error {error.splitlines()[0][:200]}")
+
+
+def test_a_backfill_lease_holder_cut_off_from_the_broker_stops_for_good(
+    proxied_broker: ProxiedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heartbeats unacknowledged past the standing bound: no further page, even once back."""
+    monkeypatch.setattr(window_leases, "HEARTBEAT_SECONDS", 0.5)
+    monkeypatch.setattr(window_leases, "HEARTBEAT_ACK_SECONDS", 0.5)
+    monkeypatch.setattr(window_leases, "STANDING_SECONDS", 2.0)
+    settings = ProducerSettings(broker_address=proxied_broker.address, topic=unique_topic())
+    failures: list[str] = []
+    day = (19_800 * 86_400_000_000, 19_801 * 86_400_000_000)
+    holder = WindowLeaseHolder(
+        settings, "BTC/USD", *day, owner="cut-off", on_heartbeat_failure=failures.append
+    )
+    holder.acquire()
+    try:
+        time.sleep(1.5)
+        holder.ensure_held()
+        proxied_broker.proxy.cut(4.0, mode="blackhole")
+        time.sleep(3.0)
+        with pytest.raises(LeaseLost, match="re-running it is safe"):
+            holder.ensure_held()
+        assert failures and "not acknowledged" in failures[0], failures
+        # Heartbeats acknowledged again do not restore it: a waiter may have gone ahead.
+        assert proxied_broker.proxy.wait_restored(timeout_seconds=10)
+        time.sleep(3.0)
+        with pytest.raises(LeaseLost, match="lost"):
+            holder.ensure_held()
+    finally:
+        holder.release()
+    print(f"[faults] lease-cut: {len(failures)} heartbeats unacknowledged, standing lost")

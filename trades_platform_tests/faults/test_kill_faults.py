@@ -113,8 +113,11 @@ def test_sigkill_of_a_backfill_mid_day_then_the_rerun_completes_it(
     assert sorted(ids_of(records, "BTC/USD")) == expected
     assert metadata["already_present"] == len(left_ids) > 0
     assert metadata["written"] == len(expected) - len(left_ids)
+    # The killed run never released its window lease: the rerun waited for it to go silent.
+    assert metadata["seconds_waiting_for_other_backfills"] > 0
     print(
         f"[faults] sigkill-backfill: day has {len(expected)} trades; the killed run left "
-        f"{len(left)}; the rerun wrote {metadata['written']}, already_present "
+        f"{len(left)}; the rerun waited {metadata['seconds_waiting_for_other_backfills']}s for "
+        f"the killed run's lease, then wrote {metadata['written']}, already_present "
         f"{metadata['already_present']}"
     )

@@ -1,0 +1,310 @@
+"""Window leases: one backfill at a time writes a pair's time window, across Dagster instances.
+
+Two backfills of one partition (a second Dagster instance, a manual `dagster job execute`, a pool
+limit raised above 1) would each scan the topic once and both write every id they did not see.
+So a backfill takes a lease on its (pair, window) in `<topic>.coverage` before it reads anything:
+
+1. It publishes an acquisition record under a key of its own, `window|<pair>|<owner>`. Nothing
+   rewrites that key until the release, so the record's offset in the one-partition log is the
+   lease's place in line, the same for every reader.
+2. It heartbeats under a second key, `window-beat|<pair>|<owner>`, every HEARTBEAT_SECONDS.
+3. It reads the log. Every unreleased lease on an overlapping window of the pair with a lower
+   offset is ahead of it; it waits until each one is over: released, or its heartbeat did not
+   change for LEASE_SECONDS while this writer watched (or is older than the lease plus the clock
+   margin by the wall clock, for leases left by runs killed long ago).
+4. Then it scans the trades topic and writes, checking its standing before every page.
+
+A holder whose acknowledged heartbeats were ever more than STANDING_SECONDS apart, or whose last
+one is older than that, has lost its standing for good: a waiter may have presumed it dead. It
+writes no further page (`LeaseLost`) and its run fails; re-running the partition is safe. Since
+STANDING_SECONDS + the page bound + HEARTBEAT_ACK_SECONDS + POLL_SECONDS < LEASE_SECONDS, a holder
+presumed dead has stopped writing before the waiter starts (ARCHITECTURE.md has the argument).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaException, Producer
+
+from trades_platform.coverage.claims import (
+    BACKFILL_PAGE_BOUND_SECONDS,
+    client_config,
+    coverage_topic,
+    ensure_coverage_topic,
+    publish_and_wait,
+)
+from trades_platform.producer import ProducerSettings
+from trades_platform.topic_reader import consumer_config, read_to_end
+from trades_platform.trade import format_time_us
+
+HEARTBEAT_SECONDS = 5.0
+# A heartbeat the broker did not acknowledge within this bound does not count.
+HEARTBEAT_ACK_SECONDS = 5.0
+# A waiter presumes a holder dead after watching its heartbeat stand still this long.
+LEASE_SECONDS = 30.0
+# A holder writes only while its acknowledged heartbeats are never further apart than this.
+STANDING_SECONDS = 15.0
+# How often a waiter reads the log again.
+POLL_SECONDS = 1.0
+# Clocks agree within this (ARCHITECTURE.md, assumption 2): the wall-clock shortcut's margin.
+CLOCK_MARGIN_MS = 10 * 60 * 1000
+
+LEASE_KEY_PREFIX = "window|"
+HEARTBEAT_KEY_PREFIX = "window-beat|"
+
+if STANDING_SECONDS + BACKFILL_PAGE_BOUND_SECONDS + HEARTBEAT_ACK_SECONDS + POLL_SECONDS >= (
+    LEASE_SECONDS
+):
+    raise RuntimeError("window lease timings break the exclusion argument in ARCHITECTURE.md")
+
+
+class LeaseLost(RuntimeError):
+    """This writer cannot be sure that no other writer presumes its lease over."""
+
+
+@dataclass(frozen=True)
+class WindowLease:
+    """A writer's lease on the trades of `pair` with start_us <= time < end_us."""
+
+    pair: str
+    start_us: int
+    end_us: int
+    owner: str
+    acquired_ms: int
+    released: bool = False
+
+    def overlaps(self, other: WindowLease) -> bool:
+        """True if both leases cover some instant of the same pair."""
+        return (
+            self.pair == other.pair
+            and self.start_us < other.end_us
+            and other.start_us < self.end_us
+        )
+
+
+@dataclass(frozen=True)
+class LeaseAhead:
+    """Another writer's lease ahead of ours in line, as last read."""
+
+    lease: WindowLease
+    offset: int
+    # The latest heartbeat (number, wall-clock ms), or the acquisition before the first one.
+    heartbeat: tuple[int, int]
+    # Seconds this writer has watched that heartbeat stand still.
+    silent_seconds: float
+
+
+@dataclass
+class _Watched:
+    heartbeat: tuple[int, int]
+    since: float
+
+
+class WindowLeaseHolder:
+    """Takes, heartbeats, waits its turn for, checks and releases one window lease."""
+
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        pair: str,
+        start_us: int,
+        end_us: int,
+        *,
+        owner: str | None = None,
+        on_heartbeat_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topic = coverage_topic(settings)
+        self.lease = WindowLease(pair, start_us, end_us, owner or uuid.uuid4().hex, 0)
+        self._on_heartbeat_failure = on_heartbeat_failure
+        self._producer: Producer | None = None
+        self._consumer: Consumer | None = None
+        # The log as read so far: the latest record per key, and where reading goes on.
+        self._leases: dict[str, tuple[int, WindowLease]] = {}
+        self._heartbeats: dict[str, tuple[int, int]] = {}
+        self._next_offset = 0
+        self._watched: dict[str, _Watched] = {}
+        # Standing: when the latest acknowledged heartbeat was sent (monotonic), or why it is lost.
+        self._lock = threading.Lock()
+        self._last_acked_sent_at = 0.0
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+
+    def __enter__(self) -> WindowLeaseHolder:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+    @property
+    def owner(self) -> str:
+        """Who holds the lease: the Dagster run id for a backfill."""
+        return self.lease.owner
+
+    def acquire(self) -> None:
+        """Publish the acquisition record and start heartbeating."""
+        ensure_coverage_topic(self.settings)
+        self._producer = Producer({**client_config(self.settings), "enable.idempotence": True})
+        self._consumer = Consumer(consumer_config(self.settings))
+        sent_at = time.monotonic()
+        self.lease = WindowLease(
+            self.lease.pair,
+            self.lease.start_us,
+            self.lease.end_us,
+            self.lease.owner,
+            int(time.time() * 1000),
+        )
+        self._publish(self._lease_key(self.lease), self.lease.__dict__, timeout_seconds=30.0)
+        self._last_acked_sent_at = sent_at
+        self._heartbeat_thread = threading.Thread(
+            target=self._heartbeat_loop, name=f"window-lease-{self.lease.pair}", daemon=True
+        )
+        self._heartbeat_thread.start()
+
+    def leases_ahead(self) -> list[LeaseAhead]:
+        """Unreleased leases on an overlapping window, earlier in line, not presumed dead."""
+        self._read_log()
+        own = self._leases.get(self._lease_key(self.lease))
+        if own is None:
+            raise LeaseLost(f"the acquisition of {self._describe()} is not in {self.topic!r}")
+        own_offset = own[0]
+        now = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        ahead = []
+        for key, (offset, lease) in sorted(self._leases.items(), key=lambda item: item[1][0]):
+            if offset >= own_offset or lease.released or not lease.overlaps(self.lease):
+                continue
+            heartbeat = self._heartbeats.get(_holder(key), (0, lease.acquired_ms))
+            watched = self._watched.get(key)
+            if watched is None or watched.heartbeat != heartbeat:
+                watched = self._watched[key] = _Watched(heartbeat, now)
+            silent = now - watched.since
+            if silent >= LEASE_SECONDS or now_ms - heartbeat[1] > LEASE_SECONDS * 1000 + (
+                CLOCK_MARGIN_MS
+            ):
+                continue
+            ahead.append(LeaseAhead(lease, offset, heartbeat, silent))
+        return ahead
+
+    def wait_for_turn(
+        self,
+        on_wait: Callable[[list[LeaseAhead]], None] | None = None,
+        *,
+        report_every_seconds: float = 15.0,
+    ) -> float:
+        """Block until no lease is ahead of ours; return the seconds waited."""
+        started = time.monotonic()
+        reported_at = float("-inf")
+        while ahead := self.leases_ahead():
+            self.ensure_held()
+            if on_wait is not None and time.monotonic() - reported_at >= report_every_seconds:
+                on_wait(ahead)
+                reported_at = time.monotonic()
+            time.sleep(POLL_SECONDS)
+        self.ensure_held()
+        return time.monotonic() - started
+
+    def ensure_held(self) -> None:
+        """Raise LeaseLost unless this writer has kept its standing (see the module docstring)."""
+        with self._lock:
+            if self._lost is None:
+                silent = time.monotonic() - self._last_acked_sent_at
+                if silent > STANDING_SECONDS:
+                    self._lost = f"no heartbeat acknowledged for {silent:.1f}s"
+            if self._lost is not None:
+                raise LeaseLost(
+                    f"lease on {self._describe()} lost ({self._lost}): another backfill may "
+                    "write this window now, so this run stops; re-running it is safe"
+                )
+
+    def release(self) -> None:
+        """Stop heartbeating and publish the release; call after the last page is acknowledged."""
+        self._stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join()
+        if self._producer is not None:
+            released = {**self.lease.__dict__, "released": True}
+            try:
+                self._publish(self._lease_key(self.lease), released, timeout_seconds=10.0)
+            except (TimeoutError, KafkaException) as error:
+                # Not fatal: waiters presume the lease over once its heartbeat stops.
+                self._report_heartbeat_failure(f"release not acknowledged ({error})")
+        if self._consumer is not None:
+            self._consumer.close()
+        self._producer = self._consumer = None
+
+    def _heartbeat_loop(self) -> None:
+        beat = 0
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            beat += 1
+            sent_at = time.monotonic()
+            value = {"owner": self.owner, "beat": beat, "heartbeat_ms": int(time.time() * 1000)}
+            try:
+                self._publish(
+                    f"{HEARTBEAT_KEY_PREFIX}{_holder(self._lease_key(self.lease))}",
+                    value,
+                    timeout_seconds=HEARTBEAT_ACK_SECONDS,
+                )
+            except (TimeoutError, KafkaException) as error:
+                self._report_heartbeat_failure(f"heartbeat {beat} not acknowledged ({error})")
+                continue
+            with self._lock:
+                gap = sent_at - self._last_acked_sent_at
+                if gap > STANDING_SECONDS and self._lost is None:
+                    self._lost = f"{gap:.1f}s between acknowledged heartbeats"
+                self._last_acked_sent_at = sent_at
+
+    def _read_log(self) -> None:
+        assert self._consumer is not None, "acquire() first"
+        for message in read_to_end(
+            self._consumer, self.topic, {0: self._next_offset}, timeout_seconds=30.0
+        ):
+            self._next_offset = message.offset() + 1
+            key = (message.key() or b"").decode()
+            value: dict[str, Any] = orjson.loads(message.value() or b"{}")
+            if key.startswith(LEASE_KEY_PREFIX):
+                self._leases[key] = (message.offset(), WindowLease(**value))
+            elif key.startswith(HEARTBEAT_KEY_PREFIX):
+                self._heartbeats[_holder(key)] = (value["beat"], value["heartbeat_ms"])
+
+    def _publish(self, key: str, value: dict[str, object], *, timeout_seconds: float) -> None:
+        assert self._producer is not None, "acquire() first"
+        publish_and_wait(
+            self._producer,
+            self.topic,
+            key,
+            value,
+            timeout_seconds=timeout_seconds,
+            what=f"lease record {key!r} at {self.settings.broker_address}",
+        )
+
+    def _report_heartbeat_failure(self, reason: str) -> None:
+        if self._on_heartbeat_failure is not None:
+            self._on_heartbeat_failure(f"{self._describe()}: {reason}")
+
+    def _describe(self) -> str:
+        return describe_lease(self.lease)
+
+    @staticmethod
+    def _lease_key(lease: WindowLease) -> str:
+        return f"{LEASE_KEY_PREFIX}{lease.pair}|{lease.owner}"
+
+
+def describe_lease(lease: WindowLease) -> str:
+    """`BTC/USD 2024-01-02T00:00:00.000000Z..2024-01-03T00:00:00.000000Z (owner <id>)`."""
+    window = f"{format_time_us(lease.start_us)}..{format_time_us(lease.end_us)}"
+    return f"{lease.pair} {window} (owner {lease.owner})"
+
+
+def _holder(key: str) -> str:
+    """`<pair>|<owner>` from a lease or heartbeat key: what joins a heartbeat to its lease."""
+    return key.split("|", 1)[1]
