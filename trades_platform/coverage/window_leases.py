@@ -188,10 +188,9 @@ class WindowLeaseHolder:
             if watched is None or watched.heartbeat != heartbeat:
                 watched = self._watched[key] = _Watched(heartbeat, now)
             silent = now - watched.since
-            if silent >= LEASE_SECONDS or now_ms - heartbeat[1] > LEASE_SECONDS * 1000 + (
-                CLOCK_MARGIN_MS
-            ):
-                continue
+            age_ms = now_ms - heartbeat[1]
+            if silent >= LEASE_SECONDS or age_ms > LEASE_SECONDS * 1000 + CLOCK_MARGIN_MS:
+                continue  # presumed dead
             ahead.append(LeaseAhead(lease, offset, heartbeat, silent))
         return ahead
 

@@ -74,6 +74,8 @@ class Stats:
     heartbeats_sent: int = 0
     malformed_frames_sent: int = 0
     rest_requests: int = 0
+    # Trades answered by /0/public/Trades, per pair (pages that overlap count twice).
+    rest_trades_sent: Counter[str] = field(default_factory=Counter)
     rate_limit_errors: int = 0
     drops: int = 0
     stalls: int = 0
@@ -90,6 +92,7 @@ class Stats:
             "heartbeats_sent": self.heartbeats_sent,
             "malformed_frames_sent": self.malformed_frames_sent,
             "rest_requests": self.rest_requests,
+            "rest_trades_sent": dict(sorted(self.rest_trades_sent.items())),
             "rate_limit_errors": self.rate_limit_errors,
             "drops": self.drops,
             "stalls": self.stalls,

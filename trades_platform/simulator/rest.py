@@ -95,6 +95,7 @@ def trades(core: SimulatorCore, params: Params) -> RestAnswer:
                 trade.trade_id,
             ]
         )
+    core.stats.rest_trades_sent[info.name] += len(rows)
     if rows:
         last_ns = market.time_us(info.name, last) * 1000
     else:

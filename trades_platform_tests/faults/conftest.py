@@ -67,13 +67,32 @@ class PairCount:
     lost: int
     duplicated: int
 
-    def line(self, label: str) -> str:
-        """One summary line for the suite's report."""
+    def line(self, label: str, sent: tuple[int, int] | None = None) -> str:
+        """One summary line for the suite's report; `sent` = (WebSocket, REST) trades served."""
+        served = "" if sent is None else f"sent_ws={sent[0]} sent_rest={sent[1]} "
         return (
-            f"[faults] {label}: {self.pair} ids {self.first_id}..{self.last_id} "
+            f"[faults] {label}: {self.pair} ids {self.first_id}..{self.last_id} {served}"
             f"expected={self.expected} in_topic={self.in_topic} lost={self.lost} "
             f"duplicated={self.duplicated}"
         )
+
+
+def trades_sent(
+    simulator: SimulatorProcess, before: dict[str, Any] | None = None
+) -> dict[str, tuple[int, int]]:
+    """Per pair, the trades the simulator served (WebSocket, REST), since the `before` stats.
+
+    WebSocket counts include snapshot repeats after reconnects; REST counts include the rows of
+    pages fetched more than once. Both are what the writers were offered, not what they kept.
+    """
+    now = simulator.stats()
+    before = before or {}
+
+    def served(counter: str, pair: str) -> int:
+        return now[counter].get(pair, 0) - before.get(counter, {}).get(pair, 0)
+
+    pairs = set(now["trades_sent"]) | set(now["rest_trades_sent"])
+    return {pair: (served("trades_sent", pair), served("rest_trades_sent", pair)) for pair in pairs}
 
 
 def live_flags(
@@ -205,15 +224,17 @@ def assert_exactly_once(
     sources: Sequence[str] = ("live", "heal"),
     pairs: Sequence[str] | None = None,
     reaches_us: int | None = None,
+    sent: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, PairCount]:
     """Each pair's ids form one contiguous run with no repeats; with a market, each is true to it.
 
     With `reaches_us`, each pair's newest id is at least the market's newest at that time: a
     run that silently stopped writing a pair would otherwise pass, its ids contiguous but short.
+    `sent` (from `trades_sent`) goes into the report line.
     """
     counts = count_pairs(records)
     for count in counts.values():
-        print(count.line(label), flush=True)
+        print(count.line(label, None if sent is None else sent.get(count.pair, (0, 0))), flush=True)
     if pairs is not None:
         assert set(counts) == set(pairs), f"pairs in the topic: {sorted(counts)}"
     if reaches_us is not None:

@@ -32,6 +32,7 @@ from trades_platform_tests.faults.conftest import (
     run_backfill,
     run_live,
     run_messages,
+    trades_sent,
 )
 from trades_platform_tests.support.simulator import SimulatorProcess
 from trades_platform_tests.support.topic import TopicRecord, read_topic, unique_topic
@@ -70,7 +71,8 @@ def test_rate_limit_storm_during_a_backfill(
     """Ten rate-limit answers in a row: the partition waits them out and loses nothing."""
     topic = unique_topic("faults-backfill-storm")
     key = "2024-02-20|ETH/USD"
-    before = history.stats()["rate_limit_errors"]
+    served_before = history.stats()
+    before = served_before["rate_limit_errors"]
     history.set_faults(rest_rate_limit_next=10)
     result = run_backfill(
         key,
@@ -78,6 +80,7 @@ def test_rate_limit_storm_during_a_backfill(
         RedpandaResource(broker_address=broker, topic=topic),
         dagster_instance,
     )
+    sent = trades_sent(history, served_before)
     metadata = backfill_metadata(result)
     expected = day_ids(BACKFILL_MARKET, key)
     assert history.stats()["rate_limit_errors"] - before == 10
@@ -90,6 +93,7 @@ def test_rate_limit_storm_during_a_backfill(
         market=BACKFILL_MARKET,
         sources=("backfill",),
         pairs=["ETH/USD"],
+        sent=sent,
     )
     assert ids_of(records, "ETH/USD") == expected
     print(
@@ -107,7 +111,8 @@ def test_the_same_partition_twice_at_once_writes_the_day_once(
     redpanda = RedpandaResource(broker_address=broker, topic=topic)
     # Paced to 5 calls/s: each run pages for about 2 s, so the two overlap.
     env = cli_env(history, broker, topic, tmp_path / "home", KRAKEN_REST_REQUESTS_PER_SECOND="5")
-    before = history.stats()["rest_requests"]
+    served_before = history.stats()
+    before = served_before["rest_requests"]
     with CliRun(backfill_command(key), env) as other:
         # AssetPairs, Time, then its first page: the other run is paging; start this one.
         deadline = time.monotonic() + 120
@@ -119,6 +124,7 @@ def test_the_same_partition_twice_at_once_writes_the_day_once(
             key, backfill_kraken(history, rest_requests_per_second=5.0), redpanda, dagster_instance
         )
         assert other.wait(timeout_seconds=120) == 0, other.output[-4000:]
+    sent = trades_sent(history, served_before)
     first, second = backfill_summary(other.output), backfill_metadata(ours)
     expected = day_ids(BACKFILL_MARKET, key)
     records = read_topic(broker, topic, expected=len(expected))
@@ -140,6 +146,7 @@ def test_the_same_partition_twice_at_once_writes_the_day_once(
         market=BACKFILL_MARKET,
         sources=("backfill",),
         pairs=["BTC/USD"],
+        sent=sent,
     )
     assert sorted(ids_of(records, "BTC/USD")) == expected
     assert first["written"] + second["written"] == len(expected)
@@ -167,6 +174,7 @@ def test_a_backfill_of_a_day_the_live_run_wrote_the_end_of(
         live_in_day = _day_ids_in(after_live, expected)
         assert live_in_day, "the live run wrote nothing of the closed day"
         backfill = run_backfill(OVERLAP_KEY, backfill_kraken(sim), redpanda, dagster_instance)
+        sent = trades_sent(sim)
     metadata = backfill_metadata(backfill)
     records = read_topic(broker, topic, expected=len(after_live) + metadata["written"])
     assert_exactly_once(
@@ -175,6 +183,7 @@ def test_a_backfill_of_a_day_the_live_run_wrote_the_end_of(
         market=market,
         sources=("live", "heal", "backfill"),
         pairs=["BTC/USD"],
+        sent=sent,
     )
     assert _day_ids_in(records, expected) == set(expected)
     assert metadata["already_present"] == len(live_in_day)
@@ -236,6 +245,7 @@ def test_a_backfill_of_a_closed_day_while_the_live_run_writes_its_end(
         backfill = run_backfill(OVERLAP_KEY, backfill_kraken(sim), redpanda, dagster_instance)
         assert live.process.poll() is None, "the live run ended before the backfill"
         assert live.wait(timeout_seconds=90) == 0, live.output[-4000:]
+        sent = trades_sent(sim)
     metadata = backfill_metadata(backfill)
     expected = day_ids(market, OVERLAP_KEY)
     claimed = [trade_id for trade_id in expected if trade_id >= claim.from_id]
@@ -247,6 +257,7 @@ def test_a_backfill_of_a_closed_day_while_the_live_run_writes_its_end(
         market=market,
         sources=("live", "heal", "backfill"),
         pairs=["BTC/USD"],
+        sent=sent,
     )
     assert _day_ids_in(records, expected) == set(expected)
     writers = _split_by_claim(records, claim.from_id)
@@ -283,6 +294,7 @@ def test_a_live_run_that_ends_while_the_backfill_of_its_day_runs(
             dagster_instance,
         )
         assert live.wait(timeout_seconds=60) == 0, live.output[-4000:]
+        sent = trades_sent(sim)
     metadata = backfill_metadata(backfill)
     expected = day_ids(market, OVERLAP_KEY)
     claimed = [trade_id for trade_id in expected if trade_id >= claim.from_id]
@@ -302,6 +314,7 @@ def test_a_live_run_that_ends_while_the_backfill_of_its_day_runs(
         market=market,
         sources=("live", "heal", "backfill"),
         pairs=["BTC/USD"],
+        sent=sent,
     )
     assert _day_ids_in(records, expected) == set(expected)
     assert metadata["already_present"] == len(claimed)

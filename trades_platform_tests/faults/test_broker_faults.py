@@ -25,6 +25,7 @@ from trades_platform_tests.faults.conftest import (
     run_live,
     run_messages,
     stopped_line,
+    trades_sent,
     wall_us,
 )
 from trades_platform_tests.support.simulator import SimulatorProcess
@@ -52,6 +53,7 @@ def test_a_20s_broker_cut_within_the_delivery_timeout_keeps_the_run_alive(
         result = run_live(live_kraken(sim), redpanda, dagster_instance, max_seconds=48)
         elapsed = time.monotonic() - started
         ended_us = wall_us(seconds_ago=3)
+        sent = trades_sent(sim)
     line = stopped_line(run_messages(dagster_instance, result.run_id))
     assert result.success
     assert proxy.stats.cuts == 1 and proxy.stats.connections_cut >= 1, proxy.stats
@@ -62,7 +64,7 @@ def test_a_20s_broker_cut_within_the_delivery_timeout_keeps_the_run_alive(
     records = read_topic(proxied_broker.address, topic, expected=written)
     assert len(records) == written
     assert_exactly_once(
-        records, label="cut-20s", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+        records, label="cut-20s", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
     )
     # It went on streaming after the broker came back: trades from after the restore landed.
     assert proxy.stats.restored_at is not None
@@ -93,12 +95,18 @@ def test_a_cut_past_the_delivery_timeout_fails_the_run_and_the_relaunch_recovers
         # What the sensor does next: launch the job again.
         relaunched = run_live(kraken, redpanda, dagster_instance, max_seconds=8)
         ended_us = wall_us(seconds_ago=3)
+        sent = trades_sent(sim)
     assert relaunched.success
     first_line = [m for m in run_messages(dagster_instance, failed.run_id) if "Stopped:" in m][-1]
     second_line = stopped_line(run_messages(dagster_instance, relaunched.run_id))
     records = read_topic(proxied_broker.address, topic)
     counts = assert_exactly_once(
-        records, label="cut-past-timeout", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+        records,
+        label="cut-past-timeout",
+        market=MARKET,
+        pairs=LIVE_PAIRS,
+        reaches_us=ended_us,
+        sent=sent,
     )
     healed = sum(record.value["source"] == "heal" for record in records)
     assert healed > 0, "the relaunch did not heal the time the broker was away"

@@ -25,6 +25,7 @@ from trades_platform_tests.faults.conftest import (
     live_config,
     live_flags,
     run_backfill,
+    trades_sent,
     wall_us,
 )
 from trades_platform_tests.support.simulator import SimulatorProcess
@@ -55,12 +56,18 @@ def test_sigkill_of_a_live_run_then_the_next_run_recovers(broker: str, tmp_path:
             code = second.wait(timeout_seconds=150)
             # The process outlives its run by a second or two.
             ended_us = wall_us(seconds_ago=5)
+        sent = trades_sent(sim)
         assert code == 0, second.output[-4000:]
     waited = "Waiting for other live writers" in second.output
     records = read_topic(broker, topic)
     market = SimulatedMarket(LIVE_PAIRS, LIVE_RATE)
     assert_exactly_once(
-        records, label="sigkill-live", market=market, pairs=LIVE_PAIRS, reaches_us=ended_us
+        records,
+        label="sigkill-live",
+        market=market,
+        pairs=LIVE_PAIRS,
+        reaches_us=ended_us,
+        sent=sent,
     )
     healed = sum(record.value["source"] == "heal" for record in records)
     assert left and len(records) > len(left)
@@ -105,10 +112,16 @@ def test_sigkill_of_a_backfill_mid_day_then_the_rerun_completes_it(
             RedpandaResource(broker_address=broker, topic=topic),
             dagster_instance,
         )
+        sent = trades_sent(sim)
     metadata = backfill_metadata(rerun)
     records = read_topic(broker, topic, expected=len(expected))
     assert_exactly_once(
-        records, label="sigkill-backfill", market=market, sources=("backfill",), pairs=["BTC/USD"]
+        records,
+        label="sigkill-backfill",
+        market=market,
+        sources=("backfill",),
+        pairs=["BTC/USD"],
+        sent=sent,
     )
     assert sorted(ids_of(records, "BTC/USD")) == expected
     assert metadata["already_present"] == len(left_ids) > 0

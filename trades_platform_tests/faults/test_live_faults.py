@@ -17,6 +17,7 @@ from trades_platform_tests.faults.conftest import (
     run_messages,
     stat_from_line,
     stopped_line,
+    trades_sent,
     wall_us,
 )
 from trades_platform_tests.support.simulator import SimulatorProcess
@@ -40,6 +41,7 @@ def test_socket_drops_mid_stream(broker: str, dagster_instance: DagsterInstance)
         )
         ended_us = wall_us(seconds_ago=3)
         stats = sim.stats()
+        sent = trades_sent(sim)
     line = stopped_line(run_messages(dagster_instance, result.run_id))
     assert result.success
     assert stats["drops"] >= 3, stats
@@ -47,7 +49,7 @@ def test_socket_drops_mid_stream(broker: str, dagster_instance: DagsterInstance)
     records = read_topic(broker, topic, expected=500)
     assert len(records) == 500
     assert_exactly_once(
-        records, label="drops", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+        records, label="drops", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
     )
     print(
         f"[faults] drops: simulator {stats['drops']} drops, ws trades sent {stats['trades_sent']}"
@@ -70,6 +72,7 @@ def test_stall_past_the_watchdog_is_healed_from_rest(
         )
         ended_us = wall_us(seconds_ago=3)
         stats = sim.stats()
+        sent = trades_sent(sim)
     messages = run_messages(dagster_instance, result.run_id)
     line = stopped_line(messages)
     assert result.success
@@ -79,7 +82,7 @@ def test_stall_past_the_watchdog_is_healed_from_rest(
     records = read_topic(broker, topic, expected=700)
     assert len(records) >= 700
     assert_exactly_once(
-        records, label="stall", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+        records, label="stall", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
     )
     healed = [record for record in records if record.value["source"] == "heal"]
     assert healed, "the stall left no gap beyond the snapshot"
@@ -128,6 +131,7 @@ def test_malformed_frames_go_to_the_dead_letter_topic(
         )
         ended_us = wall_us(seconds_ago=3)
         stats = sim.stats()
+        sent = trades_sent(sim)
     line = stopped_line(run_messages(dagster_instance, result.run_id))
     assert result.success
     rejected = stat_from_line(line, "dead-lettered")
@@ -135,7 +139,7 @@ def test_malformed_frames_go_to_the_dead_letter_topic(
     records = read_topic(broker, topic, expected=400)
     assert len(records) == 400
     assert_exactly_once(
-        records, label="malformed", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+        records, label="malformed", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
     )
     dead = _read_dead_letters(broker, f"{topic}.dlq")
     reasons = sorted({str(value["reason"]).split(":")[0] for value in dead})
@@ -172,13 +176,14 @@ def test_rate_limit_storm_during_a_heal(broker: str, dagster_instance: DagsterIn
         )
         ended_us = wall_us(seconds_ago=3)
         stats = sim.stats()
+        sent = trades_sent(sim)
     messages = run_messages(dagster_instance, result.run_id)
     assert result.success
     assert stats["rate_limit_errors"] == 10, stats
     assert sum("rate limited" in message for message in messages) == 10
     records = read_topic(broker, topic, expected=700)
     assert_exactly_once(
-        records, label="heal-storm", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us
+        records, label="heal-storm", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
     )
     healed = [record for record in records if record.value["source"] == "heal"]
     assert healed, "no heal happened, so the storm hit nothing"

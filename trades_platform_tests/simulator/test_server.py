@@ -564,12 +564,25 @@ def test_fault_rest_rate_limit_next(sim: Sim) -> None:
 
 
 def test_stats_count_what_was_sent(sim: Sim) -> None:
+    before = sim.stats()
+    ws = connect(sim)
+    subscribe(ws, ["BTC/USD"], 1)
+    sent_here = len(trades_of(collect(ws, 0.5), "BTC/USD"))
+    ws.close()
+    _, _, body = sim.get("/0/public/Trades?pair=ETHUSD&since=1700000000&count=7")
+    assert len(body["result"]["XETHZUSD"]) == 7
+    deadline = time.monotonic() + 5
+    while sim.stats()["connections_open"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     stats = sim.stats()
-    assert stats["connections_accepted"] >= 1 and stats["connections_open"] == 0
-    assert stats["trades_sent"]["BTC/USD"] > 0
+    assert stats["connections_accepted"] == before["connections_accepted"] + 1
+    assert stats["connections_open"] == 0
+    assert stats["trades_sent"]["BTC/USD"] >= before["trades_sent"].get("BTC/USD", 0) + sent_here
+    assert sent_here > 0
     assert stats["trades_sent_total"] == sum(stats["trades_sent"].values())
     assert stats["frames_sent"] > stats["trade_frames_sent"] > 0
     assert stats["rest_requests"] > 0
+    assert stats["rest_trades_sent"]["ETH/USD"] == before["rest_trades_sent"].get("ETH/USD", 0) + 7
 
 
 # -- other processes ---------------------------------------------------------------------
