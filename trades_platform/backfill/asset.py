@@ -245,7 +245,8 @@ def _backfill_window(
     description=(
         "Kraken trades of one pair on one UTC day, fetched from REST /0/public/Trades and written "
         "to the trades topic (source=backfill). Ids already in the topic are not written again, "
-        "so a partition can be re-run safely."
+        "so a partition can be re-run safely; two runs of one partition at once (even from two "
+        "Dagster instances) take turns through a lease in the `<topic>.coverage` topic."
     ),
     kinds={"kafka", "python"},
     group_name="backfill",
