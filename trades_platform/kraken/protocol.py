@@ -19,10 +19,8 @@ from trades_platform.trade import (
     Source,
     Trade,
     canonical_time_us,
-    format_time_us,
     parse_time_iso,
     seconds_to_time_us,
-    trade_from_fields,
 )
 
 # Frames larger than this are rejected unparsed: Kraken's largest real frames are a few kB.
@@ -248,19 +246,16 @@ def _well_formed_trade(item: dict[str, Any], source: Source) -> Trade | None:
     time_us = canonical_time_us(timestamp)
     if time_us is None:
         return None
-    return trade_from_fields(
-        {
-            "pair": symbol,
-            "price": price,
-            "volume": qty,
-            "timestamp": timestamp,
-            "timestamp_ms": time_us // 1000,
-            "trade_id": trade_id,
-            "side": side,
-            "ord_type": ord_type,
-            "exchange": "kraken",
-            "source": source,
-        }
+    return Trade.from_parts(
+        pair=symbol,
+        price=price,
+        volume=qty,
+        time_us=time_us,
+        trade_id=trade_id,
+        side=side,
+        ord_type=ord_type,
+        source=source,
+        timestamp=timestamp,
     )
 
 
@@ -330,20 +325,15 @@ class RestTradeRow:
 
     def to_trade(self, pair: str, source: Source) -> Trade:
         """The topic record for this row."""
-        time_us = self.time_us
-        return trade_from_fields(
-            {
-                "pair": pair,
-                "price": self.price,
-                "volume": self.volume,
-                "timestamp": format_time_us(time_us),
-                "timestamp_ms": time_us // 1000,
-                "trade_id": self.trade_id,
-                "side": self.side,
-                "ord_type": self.ord_type,
-                "exchange": "kraken",
-                "source": source,
-            }
+        return Trade.from_parts(
+            pair=pair,
+            price=self.price,
+            volume=self.volume,
+            time_us=self.time_us,
+            trade_id=self.trade_id,
+            side=self.side,
+            ord_type=self.ord_type,
+            source=source,
         )
 
 
