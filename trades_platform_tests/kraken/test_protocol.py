@@ -18,6 +18,7 @@ from trades_platform.kraken.protocol import (
     parse_frame,
     parse_rest_row,
 )
+from trades_platform_tests.support.trades import KRAKEN_TRADE_ITEM
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -120,15 +121,7 @@ def test_other_channels_and_methods_are_ignored() -> None:
     assert isinstance(parse_frame('{"method":"unsubscribe","success":true}'), IgnoredMessage)
 
 
-GOOD = {
-    "symbol": "BTC/USD",
-    "side": "buy",
-    "price": 100.5,
-    "qty": 0.25,
-    "ord_type": "limit",
-    "trade_id": 7,
-    "timestamp": "2024-01-02T00:00:00.000000Z",
-}
+GOOD = KRAKEN_TRADE_ITEM
 
 
 @pytest.mark.parametrize(

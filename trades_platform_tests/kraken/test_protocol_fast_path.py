@@ -15,17 +15,10 @@ from trades_platform.kraken.protocol import (
     parse_frame,
 )
 from trades_platform.trade import Trade, canonical_time_us, format_time_us, parse_time_iso
+from trades_platform_tests.support.trades import KRAKEN_TRADE_ITEM
 
 SAMPLES = Path(__file__).parent / "samples"
-GOOD: dict[str, Any] = {
-    "symbol": "BTC/USD",
-    "side": "buy",
-    "price": 100.5,
-    "qty": 0.25,
-    "ord_type": "limit",
-    "trade_id": 7,
-    "timestamp": "2024-01-02T00:00:00.000000Z",
-}
+GOOD = KRAKEN_TRADE_ITEM
 # Values tried for every field: the types JSON can produce and some that it cannot.
 ODD_VALUES: list[Any] = [
     None,
