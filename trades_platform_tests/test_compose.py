@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from trades_platform.local_broker import free_port
+from trades_platform.processes import stop_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose" / "docker-compose.yml"
@@ -129,10 +130,5 @@ def test_code_container_command_serves_the_workspace(tmp_path: Path) -> None:
         assert jobs.returncode == 0, jobs.stderr
         assert "live_trades_job" in jobs.stdout and "backfill_trades_job" in jobs.stdout
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
         log.close()

@@ -412,22 +412,3 @@ def backfill_summary(output: str) -> dict[str, int]:
     match = _BACKFILL_SUMMARY.search(output)
     assert match, f"no backfill summary in the output:\n{output[-4000:]}"
     return {name: int(value) for name, value in match.groupdict().items()}
-
-
-def cli_env(
-    simulator: SimulatorProcess, broker: str, topic: str, home: Path, **extra: str
-) -> dict[str, str]:
-    """Environment of a `dagster` CLI run against the simulator and a topic."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = dict(os.environ)
-    env.update(
-        KRAKEN_WS_URL=simulator.ws_url,
-        KRAKEN_REST_URL=simulator.rest_url,
-        KRAKEN_PAIRS=",".join(LIVE_PAIRS),
-        KAFKA_BROKER_ADDRESS=broker,
-        KAFKA_TOPIC=topic,
-        DAGSTER_HOME=str(home),
-    )
-    env.update(extra)
-    return env

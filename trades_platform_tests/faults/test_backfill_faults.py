@@ -24,7 +24,6 @@ from trades_platform_tests.faults.conftest import (
     backfill_kraken,
     backfill_metadata,
     backfill_summary,
-    cli_env,
     day_ids,
     ids_of,
     live_config,
@@ -34,7 +33,7 @@ from trades_platform_tests.faults.conftest import (
     run_messages,
     trades_sent,
 )
-from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform_tests.support.simulator import SimulatorProcess, cli_env
 from trades_platform_tests.support.topic import TopicRecord, read_topic, unique_topic
 
 pytestmark = pytest.mark.faults

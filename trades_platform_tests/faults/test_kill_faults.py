@@ -19,7 +19,6 @@ from trades_platform_tests.faults.conftest import (
     backfill_command,
     backfill_kraken,
     backfill_metadata,
-    cli_env,
     day_ids,
     ids_of,
     live_config,
@@ -28,7 +27,7 @@ from trades_platform_tests.faults.conftest import (
     trades_sent,
     wall_us,
 )
-from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform_tests.support.simulator import SimulatorProcess, cli_env
 from trades_platform_tests.support.topic import read_topic, unique_topic
 
 pytestmark = pytest.mark.faults

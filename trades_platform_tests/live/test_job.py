@@ -1,6 +1,5 @@
 """The live job end to end: simulator -> Dagster run -> real broker -> a consumer reads it back."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from dagster import DagsterInstance, DagsterRunStatus, instance_for_test
 from trades_platform.live.job import live_trades_job
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform_tests.support.simulator import SimulatorProcess, cli_env
 from trades_platform_tests.support.topic import (
     TopicRecord,
     duplicated_ids,
@@ -124,19 +123,6 @@ def test_an_unsupported_pair_fails_the_run_with_its_name(
     assert "does not support pair 'FAKE/USD'" in failure.error.to_string()
 
 
-def _cli_env(simulator: SimulatorProcess, broker: str, topic: str, home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        KRAKEN_WS_URL=simulator.ws_url,
-        KRAKEN_REST_URL=simulator.rest_url,
-        KRAKEN_PAIRS=",".join(PAIRS),
-        KAFKA_BROKER_ADDRESS=broker,
-        KAFKA_TOPIC=topic,
-        DAGSTER_HOME=str(home),
-    )
-    return env
-
-
 def test_cli_job_execute_with_a_bounded_config(
     simulator: SimulatorProcess, broker: str, tmp_path: Path
 ) -> None:
@@ -150,7 +136,7 @@ def test_cli_job_execute_with_a_bounded_config(
     ]  # fmt: skip
     completed = subprocess.run(
         command,
-        env=_cli_env(simulator, broker, topic, tmp_path),
+        env=cli_env(simulator, broker, topic, tmp_path, pairs=PAIRS),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -178,7 +164,7 @@ def test_sigterm_flushes_every_trade_and_closes(
     ]  # fmt: skip
     process = subprocess.Popen(
         command,
-        env=_cli_env(simulator, broker, topic, tmp_path),
+        env=cli_env(simulator, broker, topic, tmp_path, pairs=PAIRS),
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import threading
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -80,3 +82,28 @@ class SimulatorProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def cli_env(
+    simulator: SimulatorProcess,
+    broker: str,
+    topic: str,
+    home: Path,
+    *,
+    pairs: Sequence[str] = ("BTC/USD", "ETH/USD"),
+    **extra: str,
+) -> dict[str, str]:
+    """Environment of a `dagster` CLI run against the simulator, a topic and its own instance."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = dict(os.environ)
+    env.update(
+        KRAKEN_WS_URL=simulator.ws_url,
+        KRAKEN_REST_URL=simulator.rest_url,
+        KRAKEN_PAIRS=",".join(pairs),
+        KAFKA_BROKER_ADDRESS=broker,
+        KAFKA_TOPIC=topic,
+        DAGSTER_HOME=str(home),
+    )
+    env.update(extra)
+    return env
