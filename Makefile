@@ -11,7 +11,7 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 # The project name on the command line, not in the file: Debian's docker-compose 1.29 rejects `name:`.
 COMPOSE_ARGS := -p trades-platform -f $(COMPOSE_FILE)
 
-.PHONY: help install run dev test bench ruff format clean broker simulator start-redpanda stop-redpanda \
+.PHONY: help install run dev test soak bench ruff format clean broker simulator start-redpanda stop-redpanda \
 	start-platform stop-platform
 
 help: ## List the targets
@@ -35,7 +35,6 @@ dev: run ## Same as run
 test: install ## Run the test suite (real broker, simulator, Dagster instance, Postgres)
 	$(BIN)/python -m pytest
 
-.PHONY: soak
 soak: install ## Live job 10 min against the simulator, a socket fault every 30 s; lost/duplicated per pair (SOAK_ARGS="--minutes 2")
 	$(BIN)/python -m soak $(SOAK_ARGS)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -86,7 +87,8 @@ class ClaimBoard:
         self.topic = coverage_topic(settings)
         ensure_coverage_topic(settings)
         self._producer = Producer({**client_config(settings), "enable.idempotence": True})
-        self._consumer = Consumer(consumer_config(settings))
+        self._log = CoverageLogReader(settings)
+        self._latest: dict[str, TailClaim] = {}
 
     def publish(
         self, pair: str, from_id: int, *, released: bool = False, timeout_seconds: float = 30.0
@@ -104,18 +106,13 @@ class ClaimBoard:
         return claim
 
     def claims(self, timeout_seconds: float = 30.0) -> dict[str, TailClaim]:
-        """The latest claim per pair, read from the start to the end of the claims topic."""
-        # The topic is compacted to about one record per pair, so a full read stays small.
-        latest: dict[str, TailClaim] = {}
-        for message in read_to_end(
-            self._consumer, self.topic, {0: 0}, timeout_seconds=timeout_seconds
-        ):
+        """The latest claim per pair, as of the end of the claims topic."""
+        for _offset, key, value in self._log.new_records(timeout_seconds):
             # The topic also holds the backfills' window leases (coverage/window_leases.py).
-            if not (message.key() or b"").startswith(TAIL_KEY_PREFIX.encode()):
-                continue
-            claim = TailClaim(**orjson.loads(message.value() or b"{}"))
-            latest[claim.pair] = claim
-        return latest
+            if key.startswith(TAIL_KEY_PREFIX):
+                claim = TailClaim(**value)
+                self._latest[claim.pair] = claim
+        return dict(self._latest)
 
     def alive_claim(self, pair: str) -> TailClaim | None:
         """The live claim on `pair` by another writer, if one is alive."""
@@ -127,6 +124,30 @@ class ClaimBoard:
     def close(self) -> None:
         """Flush and close both clients."""
         self._producer.flush(10)
+        self._log.close()
+
+
+class CoverageLogReader:
+    """Reads `<topic>.coverage` incrementally: each call returns what was added since the last."""
+
+    def __init__(self, settings: ProducerSettings) -> None:
+        self.topic = coverage_topic(settings)
+        self._consumer = Consumer(consumer_config(settings))
+        self._next_offset = 0
+
+    def new_records(self, timeout_seconds: float = 30.0) -> list[tuple[int, str, dict[str, Any]]]:
+        """(offset, key, JSON value) of every record from where the last call stopped to the end."""
+        records = []
+        for message in read_to_end(
+            self._consumer, self.topic, {0: self._next_offset}, timeout_seconds=timeout_seconds
+        ):
+            self._next_offset = message.offset() + 1
+            key = (message.key() or b"").decode()
+            records.append((message.offset(), key, orjson.loads(message.value() or b"{}")))
+        return records
+
+    def close(self) -> None:
+        """Close the consumer."""
         self._consumer.close()
 
 

@@ -28,20 +28,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import KafkaException, Producer
 
 from trades_platform.coverage.claims import (
     BACKFILL_PAGE_BOUND_SECONDS,
+    CoverageLogReader,
     client_config,
     coverage_topic,
     ensure_coverage_topic,
     publish_and_wait,
 )
 from trades_platform.producer import ProducerSettings
-from trades_platform.topic_reader import consumer_config, read_to_end
 from trades_platform.trade import format_time_us
 
 HEARTBEAT_SECONDS = 5.0
@@ -125,11 +123,10 @@ class WindowLeaseHolder:
         self.lease = WindowLease(pair, start_us, end_us, owner or uuid.uuid4().hex, 0)
         self._on_heartbeat_failure = on_heartbeat_failure
         self._producer: Producer | None = None
-        self._consumer: Consumer | None = None
-        # The log as read so far: the latest record per key, and where reading goes on.
+        self._log: CoverageLogReader | None = None
+        # The log as read so far: the latest lease and heartbeat per holder.
         self._leases: dict[str, tuple[int, WindowLease]] = {}
         self._heartbeats: dict[str, tuple[int, int]] = {}
-        self._next_offset = 0
         self._watched: dict[str, _Watched] = {}
         # Standing: when the latest acknowledged heartbeat was sent (monotonic), or why it is lost.
         self._lock = threading.Lock()
@@ -154,7 +151,7 @@ class WindowLeaseHolder:
         """Publish the acquisition record and start heartbeating."""
         ensure_coverage_topic(self.settings)
         self._producer = Producer({**client_config(self.settings), "enable.idempotence": True})
-        self._consumer = Consumer(consumer_config(self.settings))
+        self._log = CoverageLogReader(self.settings)
         sent_at = time.monotonic()
         self.lease = WindowLease(
             self.lease.pair,
@@ -237,9 +234,9 @@ class WindowLeaseHolder:
             except (TimeoutError, KafkaException) as error:
                 # Not fatal: waiters presume the lease over once its heartbeat stops.
                 self._report_heartbeat_failure(f"release not acknowledged ({error})")
-        if self._consumer is not None:
-            self._consumer.close()
-        self._producer = self._consumer = None
+        if self._log is not None:
+            self._log.close()
+        self._producer = self._log = None
 
     def _heartbeat_loop(self) -> None:
         beat = 0
@@ -263,15 +260,10 @@ class WindowLeaseHolder:
                 self._last_acked_sent_at = sent_at
 
     def _read_log(self) -> None:
-        assert self._consumer is not None, "acquire() first"
-        for message in read_to_end(
-            self._consumer, self.topic, {0: self._next_offset}, timeout_seconds=30.0
-        ):
-            self._next_offset = message.offset() + 1
-            key = (message.key() or b"").decode()
-            value: dict[str, Any] = orjson.loads(message.value() or b"{}")
+        assert self._log is not None, "acquire() first"
+        for offset, key, value in self._log.new_records():
             if key.startswith(LEASE_KEY_PREFIX):
-                self._leases[key] = (message.offset(), WindowLease(**value))
+                self._leases[key] = (offset, WindowLease(**value))
             elif key.startswith(HEARTBEAT_KEY_PREFIX):
                 self._heartbeats[_holder(key)] = (value["beat"], value["heartbeat_ms"])
 
