@@ -11,7 +11,7 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 # The project name on the command line, not in the file: Debian's docker-compose 1.29 rejects `name:`.
 COMPOSE_ARGS := -p trades-platform -f $(COMPOSE_FILE)
 
-.PHONY: help install run dev test soak bench ruff format clean broker simulator start-redpanda stop-redpanda \
+.PHONY: help install system-deps run dev test soak bench ruff format clean broker simulator start-redpanda stop-redpanda \
 	start-platform stop-platform
 
 help: ## List the targets
@@ -32,7 +32,10 @@ run: install ## Start everything: broker, Kraken (or the simulator offline), Dag
 
 dev: run ## Same as run
 
-test: install ## Run the test suite (real broker, simulator, Dagster instance, Postgres)
+system-deps: ## Install (apt) and start what the tests need: PostgreSQL, Chromium, docker-compose
+	.ci/system-deps
+
+test: install system-deps ## Run the test suite (real broker, simulator, Dagster instance, Postgres)
 	$(BIN)/python -m pytest
 
 soak: install ## Live job 10 min against the simulator, a socket fault every 30 s; lost/duplicated per pair (SOAK_ARGS="--minutes 2")
