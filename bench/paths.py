@@ -9,7 +9,7 @@ Live (WebSocket frames -> topic):
 
 Backfill (REST pages -> topic):
 - `backfill_limit`: requests + orjson + bare produce of the same rows.
-- `backfill_product`: `KrakenRestClient.trade_rows` -> `TradeProducer.send`, as the asset does.
+- `backfill_product`: `KrakenRestClient.window_pages` -> `TradeProducer.send`, as the asset does.
 - `backfill_paced`: the product against a rate-limited server at the client's 1 call/s pace.
 """
 
@@ -408,11 +408,14 @@ def _backfill(
         # The pair directory is fetched once per run; keep that call out of the window.
         client.rest_pair(frames.REST_PAIR)
         clock.start()
-        for rows in client.trade_rows(frames.REST_PAIR, start_us, end_us):
+        for page in client.window_pages(frames.REST_PAIR, start_us, end_us):
             page_times.append(time.perf_counter())
-            if rows:
-                producer.send(row.to_trade(frames.REST_PAIR, source="backfill") for row in rows)
-                summary.add(rows)
+            if page.rows:
+                producer.send(
+                    row.to_trade(frames.REST_PAIR, "backfill", page.received_ms)
+                    for row in page.rows
+                )
+                summary.add(page.rows)
             producer.poll()
         producer.flush(_FLUSH_TIMEOUT_SECONDS)
         clock.stop()

@@ -40,6 +40,13 @@ class Trade(BaseModel):
     ord_type: OrderType
     exchange: Literal["kraken"] = "kraken"
     source: Source
+    received_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description="When the platform received the trade from Kraken, ms since the Unix epoch "
+        "(wall clock): the WebSocket frame's arrival for `live`, the REST answer's for `heal` and "
+        "`backfill`; null in records written before this field existed",
+    )
 
     @model_validator(mode="after")
     def _timestamps_agree(self) -> Trade:
@@ -63,6 +70,7 @@ class Trade(BaseModel):
         side: Side,
         ord_type: OrderType,
         source: Source,
+        received_ms: int | None = None,
         timestamp: str | None = None,
     ) -> Trade:
         """Build a record from already-validated Kraken fields, deriving both timestamps.
@@ -83,8 +91,15 @@ class Trade(BaseModel):
                 "ord_type": ord_type,
                 "exchange": "kraken",
                 "source": source,
+                "received_ms": received_ms,
             }
         )
+
+    @property
+    def time_us(self) -> int:
+        """The trade's exact time, µs since the Unix epoch (`timestamp_ms` is cut to the ms)."""
+        exact = canonical_time_us(self.timestamp)
+        return exact if exact is not None else parse_time_iso(self.timestamp)
 
     @property
     def message_key(self) -> str:

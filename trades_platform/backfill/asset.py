@@ -10,23 +10,20 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
-from trades_platform.coverage.claims import (
-    BACKFILL_PAGE_BOUND_SECONDS,
-    LEASE_SECONDS,
-    ClaimBoard,
-    TailClaim,
-)
+from trades_platform.coverage.claims import ClaimBoard, ObservedClaim
+from trades_platform.coverage.coverage_log import POLL_SECONDS
 from trades_platform.coverage.topic_ids import scan_topic_ids
-from trades_platform.coverage.window_leases import LEASE_SECONDS as WINDOW_LEASE_SECONDS
 from trades_platform.coverage.window_leases import (
+    BACKFILL_PAGE_BOUND_SECONDS,
     LeaseAhead,
     WindowLeaseHolder,
     describe_lease,
 )
+from trades_platform.coverage.window_leases import LEASE_SECONDS as WINDOW_LEASE_SECONDS
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.kraken.protocol import RestTradeRow
 from trades_platform.kraken.rest import KrakenRestClient
-from trades_platform.producer import ProducerSettings
+from trades_platform.producer import ProducerSettings, TradeProducer
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.trade import format_time_us
 
@@ -34,6 +31,8 @@ from trades_platform.trade import format_time_us
 PROGRESS_EVERY_PAGES = 10
 # All backfill runs share Kraken's per-IP REST limit: dagster.yaml can cap them by this pool.
 KRAKEN_REST_POOL = "kraken_rest"
+# Reading the live claims before a page: bounded, since the lease's standing is checked after it.
+CLAIMS_READ_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
@@ -124,74 +123,167 @@ class BackfillSummary:
         return metadata
 
 
-# A claim carries its writer's clock: compare it with this run's with this much slack.
-_CLAIM_CLOCK_SKEW_MS = 60_000
+class WindowBackfill:
+    """One partition's run: REST pages of the window, written under its lease, around live claims.
 
-
-@dataclass
-class _TopicReading:
-    """When this run read the topic, and the ended claims it has read it again for since."""
-
-    started_ms: int
-    reread_for: set[tuple[str, int]] = field(default_factory=set)
-
-
-def _write_page(
-    rows: list[RestTradeRow],
-    window: PartitionWindow,
-    writer: DeduplicatingWriter,
-    lease: WindowLeaseHolder,
-    board: ClaimBoard,
-    summary: BackfillSummary,
-    reading: _TopicReading,
-    context: AssetExecutionContext,
-) -> None:
-    """Write a page's missing ids below any live claim; wait until the broker acknowledged them."""
-    lease.ensure_held()
-    # Checked before every page: the live writer waits out a page's bound after it claims.
-    claim = board.claims().get(window.pair)
-    below_id = None
-    if claim is not None and claim.owner != board.owner:
-        if claim.alive():
-            below_id = claim.from_id
-        else:
-            _catch_up_with_ended_claim(claim, window, writer, board, reading, context)
-    before_present = writer.skipped_present
-    written = writer.write(
-        (row.to_trade(window.pair, source="backfill") for row in rows), below_id=below_id
-    )
-    writer.producer.flush(BACKFILL_PAGE_BOUND_SECONDS)
-    summary.add(rows)
-    summary.written += len(written)
-    summary.already_present += writer.skipped_present - before_present
-    summary.left_to_live += len(rows) - len(written) - (writer.skipped_present - before_present)
-
-
-def _catch_up_with_ended_claim(
-    claim: TailClaim,
-    window: PartitionWindow,
-    writer: DeduplicatingWriter,
-    board: ClaimBoard,
-    reading: _TopicReading,
-    context: AssetExecutionContext,
-) -> None:
-    """Read the topic again if a live writer's claim ended after this run first read it.
-
-    While its claim was alive the live writer wrote ids this run has not seen; now that the
-    ids are the backfill's again, writing them from the first reading would write them twice.
+    Before each page it reads the live writers' claims on the pair (reading the topic again once
+    for every claim that ended since this run first read it), then, immediately before writing,
+    checks its lease's standing. Rows a live claim keeps from it are remembered; at the end, a
+    claim that turns out to be over (released or presumed dead) gives them back and they are
+    written then.
     """
-    # A released claim's writer flushed before releasing; a dead one wrote until its lease ran out.
-    ended_ms = claim.heartbeat_ms + (0 if claim.released else int(LEASE_SECONDS * 1000))
-    key = (claim.owner, claim.heartbeat_ms)
-    if ended_ms < reading.started_ms - _CLAIM_CLOCK_SKEW_MS or key in reading.reread_for:
-        return
-    found = scan_topic_ids(board.settings, [window.pair])[window.pair]
-    writer.replace_present(window.pair, found.ids)
-    reading.reread_for.add(key)
-    context.log.info(
-        f"{window.pair}: the live claim from id {claim.from_id} ended during this run; read the "
-        f"topic again ({len(found.ids)} ids of the pair present)"
-    )
+
+    def __init__(
+        self,
+        window: PartitionWindow,
+        lease: WindowLeaseHolder,
+        summary: BackfillSummary,
+        settings: ProducerSettings,
+        context: AssetExecutionContext,
+    ) -> None:
+        self.window = window
+        self.lease = lease
+        self.summary = summary
+        self.settings = settings
+        self._log = context.log
+        self._board = ClaimBoard(settings, owner=context.run_id)
+        # Claims already over when this run first read the topic: their writes are in that read.
+        self._over_before_scan: set[str] = set()
+        self._reread_for: set[str] = set()
+        # Rows left to live claims, by trade id, with when their REST page arrived.
+        self._left: dict[int, tuple[RestTradeRow, int]] = {}
+
+    def run(self, kraken: KrakenResource, redpanda: RedpandaResource) -> dict[str, Any]:
+        """Page through the window; return the materialization's metadata."""
+        pair = self.window.pair
+        self._over_before_scan = {
+            observed.claim.owner
+            for observed in self._board.read(CLAIMS_READ_TIMEOUT_SECONDS).get(pair, [])
+            if observed.over
+        }
+        # What is already in the topic is never written again (see ARCHITECTURE.md).
+        present = scan_topic_ids(self.settings, [pair])[pair].ids
+        bound_ms = int(BACKFILL_PAGE_BOUND_SECONDS * 1000)
+        try:
+            with (
+                kraken.rest_client(log=self._log) as client,
+                redpanda.trade_producer(delivery_timeout_ms=bound_ms) as producer,
+            ):
+                writer = DeduplicatingWriter(producer, {pair: present})
+                for page in client.window_pages(pair, self.window.start_us, self.window.end_us):
+                    if page.rows:
+                        self._write(writer, page.rows, page.received_ms)
+                        self.summary.add(page.rows)
+                    producer.poll()
+                    if client.stats.pages_fetched % PROGRESS_EVERY_PAGES == 0:
+                        self._log_progress(client, producer)
+                self._settle_left_rows(writer)
+                # The run succeeds only once the broker acknowledged every trade.
+                producer.flush()
+                return self.summary.metadata(self.window, client, redpanda.topic)
+        finally:
+            self._board.close()
+
+    def _write(
+        self, writer: DeduplicatingWriter, rows: list[RestTradeRow], received_ms: int
+    ) -> None:
+        """Write the rows no live claim keeps; wait until the broker acknowledged them."""
+        claims = self._claims_after_catching_up(writer)
+        allowed = []
+        for row in rows:
+            if all(observed.claim.lets_backfill_write(row.trade_id) for observed in claims):
+                allowed.append(row)
+            else:
+                self._left[row.trade_id] = (row, received_ms)
+        # Immediately before the write: nothing that can stall lies between this and the produce.
+        self.lease.ensure_held()
+        before_present = writer.skipped_present
+        written = writer.write(
+            row.to_trade(self.window.pair, "backfill", received_ms) for row in allowed
+        )
+        writer.producer.flush(BACKFILL_PAGE_BOUND_SECONDS)
+        self.summary.written += len(written)
+        self.summary.already_present += writer.skipped_present - before_present
+        self.summary.left_to_live = len(self._left)
+
+    def _claims_after_catching_up(self, writer: DeduplicatingWriter) -> list[ObservedClaim]:
+        """The pair's live claims that are not over, after reading the topic again if one ended.
+
+        While a claim was alive its writer wrote ids this run has not seen; once the claim is
+        over they are this run's to write again, and writing them from the first reading would
+        write them twice. Each ended claim costs one re-read.
+        """
+        pair = self.window.pair
+        claims = self._board.read(CLAIMS_READ_TIMEOUT_SECONDS).get(pair, [])
+        ended = (
+            {
+                observed.claim.owner
+                for observed in claims
+                if observed.over and observed.claim.from_id is not None
+            }
+            - self._over_before_scan
+            - self._reread_for
+        )
+        if ended:
+            found = scan_topic_ids(self.settings, [pair])[pair]
+            writer.replace_present(pair, found.ids)
+            self._reread_for |= ended
+            self._log.info(
+                f"{pair}: the live claims of {sorted(ended)} ended during this run; read the "
+                f"topic again ({len(found.ids)} ids of the pair present)"
+            )
+            claims = self._board.read(CLAIMS_READ_TIMEOUT_SECONDS).get(pair, [])
+        return [observed for observed in claims if not observed.over]
+
+    def _settle_left_rows(self, writer: DeduplicatingWriter) -> None:
+        """Write the rows left to live claims that turned out to be over; keep the others'.
+
+        A claim this run has not watched long enough may belong to a writer that died: wait
+        until its heartbeat is seen to change (it is alive: the rows are its) or to stand still
+        for its lease (it is over: the rows are this run's).
+        """
+        reported_at = float("-inf")
+        while self._left:
+            claims = self._claims_after_catching_up(writer)
+            blocking = [
+                observed
+                for observed in claims
+                if any(not observed.claim.lets_backfill_write(i) for i in self._left)
+            ]
+            free = {
+                trade_id: entry
+                for trade_id, entry in self._left.items()
+                if all(observed.claim.lets_backfill_write(trade_id) for observed in claims)
+            }
+            if free:
+                for trade_id in free:
+                    del self._left[trade_id]
+                for received_ms in sorted({received for _, received in free.values()}):
+                    rows = [row for row, received in free.values() if received == received_ms]
+                    self._write(writer, sorted(rows, key=lambda row: row.trade_id), received_ms)
+                continue
+            unknown = [observed for observed in blocking if observed.liveness == "unknown"]
+            if not unknown:
+                return  # every claim keeping rows is alive: its writer writes them
+            self.lease.ensure_held()
+            if time.monotonic() - reported_at >= 15:
+                reported_at = time.monotonic()
+                self._log.info(
+                    f"{self.window.pair}: {len(self._left)} trades are claimed by live runs "
+                    + ", ".join(observed.claim.owner for observed in unknown)
+                    + " whose heartbeat this run has not yet seen change; waiting to tell "
+                    "whether they are alive (up to their lease)"
+                )
+            time.sleep(POLL_SECONDS)
+
+    def _log_progress(self, client: KrakenRestClient, producer: TradeProducer) -> None:
+        summary = self.summary
+        reached = format_time_us(summary.times_us[-1]) if summary.count else "none yet"
+        self._log.info(
+            f"{client.stats.pages_fetched} pages, {summary.count} trades, reached {reached}; "
+            f"{producer.acknowledged} acknowledged, "
+            f"{client.stats.rate_limit_waits} rate-limit waits"
+        )
 
 
 def _log_waiting(ahead: list[LeaseAhead], context: AssetExecutionContext) -> None:
@@ -201,43 +293,6 @@ def _log_waiting(ahead: list[LeaseAhead], context: AssetExecutionContext) -> Non
             f"window (heartbeat {other.heartbeat[0]}, unchanged for {other.silent_seconds:.0f}s; "
             f"presumed dead after {WINDOW_LEASE_SECONDS:.0f}s)"
         )
-
-
-def _backfill_window(
-    window: PartitionWindow,
-    lease: WindowLeaseHolder,
-    summary: BackfillSummary,
-    settings: ProducerSettings,
-    kraken: KrakenResource,
-    redpanda: RedpandaResource,
-    context: AssetExecutionContext,
-) -> dict[str, Any]:
-    """Page through the window under the lease; return the materialization's metadata."""
-    # What is already in the topic is never written again (see ARCHITECTURE.md).
-    reading = _TopicReading(started_ms=int(time.time() * 1000))
-    present = scan_topic_ids(settings, [window.pair])[window.pair].ids
-    board = ClaimBoard(settings, owner=context.run_id)
-    bound_ms = int(BACKFILL_PAGE_BOUND_SECONDS * 1000)
-    with (
-        kraken.rest_client(log=context.log) as client,
-        redpanda.trade_producer(delivery_timeout_ms=bound_ms) as producer,
-    ):
-        writer = DeduplicatingWriter(producer, {window.pair: present})
-        for rows in client.trade_rows(window.pair, window.start_us, window.end_us):
-            if rows:
-                _write_page(rows, window, writer, lease, board, summary, reading, context)
-            producer.poll()
-            if client.stats.pages_fetched % PROGRESS_EVERY_PAGES == 0:
-                reached = format_time_us(summary.times_us[-1]) if summary.count else "none yet"
-                context.log.info(
-                    f"{client.stats.pages_fetched} pages, {summary.count} trades, reached "
-                    f"{reached}; {producer.acknowledged} acknowledged, "
-                    f"{client.stats.rate_limit_waits} rate-limit waits"
-                )
-        # The run succeeds only once the broker acknowledged every trade.
-        producer.flush()
-        board.close()
-        return summary.metadata(window, client, redpanda.topic)
 
 
 @asset(
@@ -274,7 +329,7 @@ def kraken_trades_history(
         on_heartbeat_failure=context.log.warning,
     ) as lease:
         summary.lease_wait_seconds = lease.wait_for_turn(lambda ahead: _log_waiting(ahead, context))
-        metadata = _backfill_window(window, lease, summary, settings, kraken, redpanda, context)
+        metadata = WindowBackfill(window, lease, summary, settings, context).run(kraken, redpanda)
     context.log.info(
         f"{window.describe()}: {summary.count} trades in the window, {summary.written} written, "
         f"{summary.already_present} already in the topic, {summary.left_to_live} left to the "

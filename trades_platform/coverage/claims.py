@@ -1,186 +1,481 @@
-"""Tail claims: how the live writer tells backfills which ids of a pair are its to write.
+"""Tail claims: how a live writer owns the newest ids of its pairs, and how backfills see that.
 
-The claims live in a compacted topic `<topic>.coverage` with one partition, so every writer
-sees them in one total order. A claim `(pair, from_id, owner, heartbeat)` says: the owner writes
-every id >= from_id of that pair. A backfill writes only ids below the `from_id` of a claim that
-is alive (heartbeat younger than the lease, not released). The same topic carries the
-backfills' window leases (window_leases.py), under keys of their own.
+A live run takes one claim per pair in `<topic>.coverage` (see coverage_log.py for the pattern):
+
+- the acquisition, key `live-claim|<pair>|<owner>`, published before the run reads the trades
+  topic; its offset is the run's place in line among live writers of the pair;
+- heartbeats, key `live-beat|<pair>|<owner>`, every HEARTBEAT_SECONDS from a thread, carrying the
+  claim's state: `from_id` (the writer writes every id >= from_id, unset while it waits for its
+  turn), `handed_back` (id ranges >= from_id it gave up healing: a backfill fills them) and the
+  lease a watcher must wait before presuming the writer dead.
+
+A backfill may write id `x` of a pair only if every claim on the pair that is not over has
+`x < from_id` or `x` in its `handed_back`. A claim is over when it was released, or when its
+heartbeat stood still for its lease while watched (never by comparing clocks of two hosts).
+
+The live writer holds its claim only while it keeps its standing (acknowledged heartbeats never
+more than STANDING_SECONDS apart) and no other writer claims its ids; it checks before every write
+and fails loudly otherwise. A claim's lease covers the standing bound plus the writer's producer
+delivery timeout, so every write of a writer presumed dead has landed or failed by then.
 """
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaException, Producer
 
+from trades_platform.coverage.coverage_log import (
+    POLL_SECONDS,
+    CoverageLogReader,
+    Heartbeater,
+    HeartbeatWatch,
+    Liveness,
+    coverage_producer,
+    coverage_topic,
+    ensure_coverage_topic,
+    publish_and_wait,
+)
+from trades_platform.coverage.id_ranges import IdRanges
+from trades_platform.coverage.window_leases import BACKFILL_PAGE_BOUND_SECONDS
 from trades_platform.producer import ProducerSettings
-from trades_platform.topic_reader import consumer_config, read_to_end
 
-# A live writer refreshes its claims this often; a claim older than the lease is dead.
+CLAIM_KEY_PREFIX = "live-claim|"
+BEAT_KEY_PREFIX = "live-beat|"
+
 HEARTBEAT_SECONDS = 10.0
-LEASE_SECONDS = 60.0
-# A backfill's page is acknowledged or failed within this bound (its producer's delivery timeout).
-BACKFILL_PAGE_BOUND_SECONDS = 5.0
+# A heartbeat the broker did not acknowledge within this bound does not count.
+HEARTBEAT_ACK_SECONDS = 5.0
+# A live writer writes only while its acknowledged heartbeats are never further apart than this
+# (one lost heartbeat is tolerated).
+STANDING_SECONDS = 25.0
 # After claiming, the live writer waits this long, then re-reads the topic: any backfill page that
 # started before the claim was visible has landed or failed by then.
 CLAIM_GRACE_SECONDS = 2 * BACKFILL_PAGE_BOUND_SECONDS
-# Keys of the tail claims in the coverage topic: `tail|<pair>`.
-TAIL_KEY_PREFIX = "tail|"
+# Leases read from the log are input from other processes: never wait longer than this.
+MAX_LEASE_SECONDS = 3600.0
+# Handed-back ranges a claim carries at most; past it, the oldest two are merged (see hand_back).
+MAX_HANDED_BACK_RANGES = 500
+
+
+def claim_lease_seconds(delivery_timeout_ms: int) -> float:
+    """How long a watcher must see a live writer's heartbeat stand still to presume it over.
+
+    The writer's last write starts at most STANDING_SECONDS after its last counted heartbeat and
+    lands or fails within its producer's delivery timeout; heartbeats are seen within the ack
+    bound plus a poll. ARCHITECTURE.md has the argument.
+    """
+    return (
+        STANDING_SECONDS
+        + delivery_timeout_ms / 1000
+        + HEARTBEAT_ACK_SECONDS
+        + POLL_SECONDS
+        + HEARTBEAT_SECONDS / 2
+    )
+
+
+class OtherLiveWriterError(RuntimeError):
+    """Another live run holds a claim on one of this run's pairs and is alive."""
+
+
+class ClaimLost(RuntimeError):
+    """This live writer can no longer be sure it alone writes its pairs' tails: it stops."""
 
 
 @dataclass(frozen=True)
 class TailClaim:
-    """The live writer's claim on every id >= from_id of a pair."""
+    """A live writer's claim on a pair, as last read from the coverage log."""
 
     pair: str
-    from_id: int
     owner: str
-    heartbeat_ms: int
-    released: bool = False
+    # The offset of the acquisition: the claim's place in line among live writers of the pair.
+    offset: int
+    acquired_ms: int
+    released: bool
+    lease_seconds: float
+    # Unset while the writer waits for its turn: it claims no id yet.
+    from_id: int | None = None
+    handed_back: tuple[tuple[int, int], ...] = ()
+    beat: int = 0
+    heartbeat_ms: int = 0
 
-    def alive(self, now_ms: int | None = None, lease_seconds: float = LEASE_SECONDS) -> bool:
-        """True while the owner heartbeats and has not released the claim."""
-        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        return not self.released and now_ms - self.heartbeat_ms < lease_seconds * 1000
+    def lets_backfill_write(self, trade_id: int) -> bool:
+        """True if this claim leaves `trade_id` to backfills."""
+        if self.from_id is None or trade_id < self.from_id:
+            return True
+        index = bisect.bisect_right(self.handed_back, (trade_id, float("inf"))) - 1
+        return index >= 0 and self.handed_back[index][0] <= trade_id <= self.handed_back[index][1]
 
 
-def coverage_topic(settings: ProducerSettings) -> str:
-    """The claims topic that goes with the trades topic."""
-    return f"{settings.topic}.coverage"
+@dataclass(frozen=True)
+class ObservedClaim:
+    """A claim and what this process has seen of its heartbeat."""
 
+    claim: TailClaim
+    liveness: Liveness
+    silent_seconds: float
 
-def ensure_coverage_topic(settings: ProducerSettings) -> None:
-    """Create the compacted, single-partition claims topic if it does not exist."""
-    admin = AdminClient(client_config(settings))
-    name = coverage_topic(settings)
-    if name in admin.list_topics(timeout=10).topics:
-        return
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                name,
-                num_partitions=1,
-                replication_factor=settings.replication_factor,
-                config={"cleanup.policy": "compact"},
-            )
-        ]
-    )
-    for future in futures.values():
-        try:
-            future.result(timeout=30)
-        except KafkaException as error:
-            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+    @property
+    def over(self) -> bool:
+        """Released, or presumed dead."""
+        return self.liveness == "ended"
 
 
 class ClaimBoard:
-    """Publishes this writer's claims and reads everyone's, incrementally."""
+    """Every live writer's claims, read incrementally from the coverage log and watched."""
 
     def __init__(self, settings: ProducerSettings, owner: str | None = None) -> None:
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex
-        self.topic = coverage_topic(settings)
         ensure_coverage_topic(settings)
-        self._producer = Producer({**client_config(settings), "enable.idempotence": True})
         self._log = CoverageLogReader(settings)
-        self._latest: dict[str, TailClaim] = {}
+        self._acquisitions: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._beats: dict[str, dict[str, Any]] = {}
+        self._watch = HeartbeatWatch()
 
-    def publish(
-        self, pair: str, from_id: int, *, released: bool = False, timeout_seconds: float = 30.0
-    ) -> TailClaim:
-        """Write a claim (or its release); wait up to `timeout_seconds` for the broker's ack."""
-        claim = TailClaim(pair, from_id, self.owner, int(time.time() * 1000), released)
-        publish_and_wait(
-            self._producer,
-            self.topic,
-            f"{TAIL_KEY_PREFIX}{pair}",
-            claim.__dict__,
-            timeout_seconds=timeout_seconds,
-            what=f"claim for {pair} at {self.settings.broker_address}",
-        )
-        return claim
+    @property
+    def skipped_records(self) -> int:
+        """Coverage records that were not valid claims (or not JSON objects), skipped."""
+        return self._log.skipped
 
-    def claims(self, timeout_seconds: float = 30.0) -> dict[str, TailClaim]:
-        """The latest claim per pair, as of the end of the claims topic."""
-        for _offset, key, value in self._log.new_records(timeout_seconds):
-            # The topic also holds the backfills' window leases (coverage/window_leases.py).
-            if key.startswith(TAIL_KEY_PREFIX):
-                claim = TailClaim(**value)
-                self._latest[claim.pair] = claim
-        return dict(self._latest)
+    def read(self, timeout_seconds: float = 30.0) -> dict[str, list[ObservedClaim]]:
+        """Per pair, the claims of every other writer, oldest first, as of the end of the log."""
+        for offset, key, value in self._log.new_records(timeout_seconds):
+            if key.startswith(CLAIM_KEY_PREFIX):
+                self._acquisitions[key[len(CLAIM_KEY_PREFIX) :]] = (offset, value)
+            elif key.startswith(BEAT_KEY_PREFIX):
+                self._beats[key[len(BEAT_KEY_PREFIX) :]] = value
+        observed: dict[str, list[ObservedClaim]] = {}
+        for holder, (offset, acquisition) in sorted(
+            self._acquisitions.items(), key=lambda item: item[1][0]
+        ):
+            claim = _claim_from_records(offset, acquisition, self._beats.get(holder))
+            if claim is None:
+                self._log.skipped += 1
+                continue
+            if claim.owner == self.owner:
+                continue
+            if claim.released:
+                observed.setdefault(claim.pair, []).append(ObservedClaim(claim, "ended", 0.0))
+                continue
+            watched = self._watch.observe(
+                holder, (claim.beat, claim.heartbeat_ms), claim.lease_seconds
+            )
+            observed.setdefault(claim.pair, []).append(
+                ObservedClaim(claim, watched.liveness, watched.silent_seconds)
+            )
+        # Drop what can no longer matter, so the dictionaries stay bounded by the live writers.
+        self._acquisitions = {
+            holder: entry
+            for holder, entry in self._acquisitions.items()
+            if not entry[1].get("released")
+        }
+        self._beats = {
+            holder: beat for holder, beat in self._beats.items() if holder in self._acquisitions
+        }
+        return observed
 
-    def alive_claim(self, pair: str) -> TailClaim | None:
-        """The live claim on `pair` by another writer, if one is alive."""
-        claim = self.claims().get(pair)
-        if claim is None or claim.owner == self.owner or not claim.alive():
-            return None
-        return claim
+    def own_claims(self) -> dict[str, tuple[int, bool]]:
+        """This writer's acquisitions as read so far: pair -> (offset, released)."""
+        own = {}
+        for offset, acquisition in self._acquisitions.values():
+            if acquisition.get("owner") == self.owner:
+                own[str(acquisition.get("pair"))] = (offset, bool(acquisition.get("released")))
+        return own
 
     def close(self) -> None:
-        """Flush and close both clients."""
-        self._producer.flush(10)
+        """Close the reader."""
         self._log.close()
 
 
-class CoverageLogReader:
-    """Reads `<topic>.coverage` incrementally: each call returns what was added since the last."""
+def _claim_from_records(
+    offset: int, acquisition: dict[str, Any], beat: dict[str, Any] | None
+) -> TailClaim | None:
+    """The claim an acquisition and its latest heartbeat describe; None if they are malformed."""
+    try:
+        pair, owner = acquisition["pair"], acquisition["owner"]
+        lease = float(acquisition["lease_seconds"])
+        if not (isinstance(pair, str) and isinstance(owner, str) and lease > 0):
+            return None
+        claim = TailClaim(
+            pair=pair,
+            owner=owner,
+            offset=offset,
+            acquired_ms=int(acquisition["acquired_ms"]),
+            released=acquisition.get("released") is True,
+            lease_seconds=min(lease, MAX_LEASE_SECONDS),
+            heartbeat_ms=int(acquisition["acquired_ms"]),
+        )
+        if beat is None or beat.get("owner") != owner:
+            return claim
+        from_id = beat.get("from_id")
+        if from_id is not None and (type(from_id) is not int or from_id <= 0):
+            return None
+        handed_back = tuple(sorted((int(a), int(b)) for a, b in beat.get("handed_back") or ()))
+        return TailClaim(
+            **{
+                **claim.__dict__,
+                "from_id": from_id,
+                "handed_back": handed_back,
+                "beat": int(beat["beat"]),
+                "heartbeat_ms": int(beat["heartbeat_ms"]),
+                "lease_seconds": min(float(beat["lease_seconds"]), MAX_LEASE_SECONDS),
+            }
+        )
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
 
-    def __init__(self, settings: ProducerSettings) -> None:
+
+@dataclass
+class _PairClaim:
+    from_id: int | None = None
+    handed_back: IdRanges | None = None
+
+
+class TailClaimHolder:
+    """A live run's claims on its pairs: acquire, wait for its turn, claim, heartbeat, release."""
+
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        pairs: Iterable[str],
+        *,
+        lease_seconds: float,
+        owner: str | None = None,
+        on_heartbeat_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.owner = owner or uuid.uuid4().hex
+        self.lease_seconds = lease_seconds
         self.topic = coverage_topic(settings)
-        self._consumer = Consumer(consumer_config(settings))
-        self._next_offset = 0
+        self._pairs = {pair: _PairClaim() for pair in pairs}
+        self._on_heartbeat_failure = on_heartbeat_failure
+        self._lock = threading.Lock()
+        self._producer: Producer | None = None
+        self._board: ClaimBoard | None = None
+        self._board_lock = threading.Lock()
+        self._heartbeater: Heartbeater | None = None
+        self._acquired_ms = 0
 
-    def new_records(self, timeout_seconds: float = 30.0) -> list[tuple[int, str, dict[str, Any]]]:
-        """(offset, key, JSON value) of every record from where the last call stopped to the end."""
-        records = []
-        for message in read_to_end(
-            self._consumer, self.topic, {0: self._next_offset}, timeout_seconds=timeout_seconds
-        ):
-            self._next_offset = message.offset() + 1
-            key = (message.key() or b"").decode()
-            records.append((message.offset(), key, orjson.loads(message.value() or b"{}")))
-        return records
+    # --- the claim's life ------------------------------------------------------------------
+
+    def acquire(self, timeout_seconds: float = 30.0) -> None:
+        """Publish this run's place in line on each pair and start heartbeating."""
+        ensure_coverage_topic(self.settings)
+        self._producer = coverage_producer(self.settings)
+        self._board = ClaimBoard(self.settings, owner=self.owner)
+        self._acquired_ms = int(time.time() * 1000)
+        sent_at = time.monotonic()
+        publish_and_wait(
+            self._producer,
+            self.topic,
+            [(self._claim_key(pair), self._acquisition(pair)) for pair in self._pairs],
+            timeout_seconds=timeout_seconds,
+            what=f"live claims on {sorted(self._pairs)} at {self.settings.broker_address}",
+        )
+        self._heartbeater = Heartbeater(
+            self._producer,
+            self.topic,
+            self._heartbeat_records,
+            interval_seconds=HEARTBEAT_SECONDS,
+            ack_seconds=HEARTBEAT_ACK_SECONDS,
+            standing_seconds=STANDING_SECONDS,
+            what=f"live claims of {self.owner}",
+            on_failure=self._on_heartbeat_failure,
+            check_after_beat=self._read_back,
+        )
+        self._heartbeater.start(sent_at)
+
+    def wait_for_turn(
+        self,
+        on_wait: Callable[[list[ObservedClaim]], None] | None = None,
+        *,
+        report_every_seconds: float = 15.0,
+    ) -> float:
+        """Wait until no other live writer's claim ahead of this run's is over; seconds waited.
+
+        A claim ahead that is seen heartbeating means two live runs of one pair:
+        `OtherLiveWriterError` (the other keeps its pairs). One whose heartbeat stands still is
+        waited out for its lease (a run that crashed or was killed).
+        """
+        started: float | None = None
+        reported_at = float("-inf")
+        while True:
+            ahead = self._claims_ahead()
+            self.ensure_held()
+            if not ahead:
+                return 0.0 if started is None else time.monotonic() - started
+            started = started if started is not None else time.monotonic()
+            alive = [observed for observed in ahead if observed.liveness == "alive"]
+            if alive:
+                raise OtherLiveWriterError(
+                    "pairs "
+                    + ", ".join(
+                        f"{observed.claim.pair} (live run {observed.claim.owner}, heartbeat "
+                        f"{observed.silent_seconds:.0f}s ago)"
+                        for observed in alive
+                    )
+                    + " are being written by other live runs: stop them or give this run "
+                    "other pairs (LIVE_SHARDS, the op's `pairs`)"
+                )
+            if on_wait is not None and time.monotonic() - reported_at >= report_every_seconds:
+                on_wait(ahead)
+                reported_at = time.monotonic()
+            time.sleep(POLL_SECONDS)
+
+    def claim(self, pair: str, from_id: int, *, timeout_seconds: float) -> None:
+        """Claim every id >= from_id of `pair`; return once a heartbeat carrying it is counted."""
+        with self._lock:
+            self._pairs[pair].from_id = from_id
+        assert self._heartbeater is not None, "acquire() first"
+        if not self._heartbeater.beat_now(wait_seconds=timeout_seconds):
+            self.ensure_held()
+            raise ClaimLost(
+                f"the claim on {pair} from id {from_id} was not acknowledged by "
+                f"{self.settings.broker_address} within {timeout_seconds:.0f}s"
+            )
+
+    def hand_back(self, pair: str, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Give id ranges back to the backfills; return every range now handed back for `pair`.
+
+        The caller must never write these ids again. Past MAX_HANDED_BACK_RANGES the two oldest
+        ranges merge, so ids between them are handed back too: the caller must drop those as
+        well (they are in the returned ranges).
+        """
+        with self._lock:
+            state = self._pairs[pair]
+            handed = state.handed_back = state.handed_back or IdRanges()
+            for first, last in ranges:
+                handed.add_range(first, last)
+            merged = list(handed)
+            while len(merged) > MAX_HANDED_BACK_RANGES:
+                (first, _), (_, last) = merged[0], merged[1]
+                merged[:2] = [(first, last)]
+            state.handed_back = IdRanges(merged)
+        if self._heartbeater is not None:
+            self._heartbeater.beat_now()
+        return merged
+
+    def ensure_held(self) -> None:
+        """Raise ClaimLost unless this writer still holds its claims (standing, read-back)."""
+        assert self._heartbeater is not None, "acquire() first"
+        reason = self._heartbeater.lost_reason()
+        if reason is not None:
+            raise ClaimLost(
+                f"live claims of run {self.owner} on {sorted(self._pairs)} lost ({reason}): "
+                "another writer may write these ids now, so this run stops writing and fails; "
+                "the next run resumes from the topic"
+            )
+
+    def release(self) -> None:
+        """Stop heartbeating and release the claims; only once every write is acknowledged."""
+        if self._heartbeater is not None:
+            self._heartbeater.stop()
+        if self._producer is not None:
+            released = [
+                (self._claim_key(pair), {**self._acquisition(pair), "released": True})
+                for pair in self._pairs
+            ]
+            try:
+                publish_and_wait(
+                    self._producer,
+                    self.topic,
+                    released,
+                    timeout_seconds=10.0,
+                    what=f"release of the live claims of {self.owner}",
+                )
+            except (TimeoutError, KafkaException) as error:
+                self._report(f"release not acknowledged ({error}); the claims expire by lease")
+        self.close()
 
     def close(self) -> None:
-        """Close the consumer."""
-        self._consumer.close()
+        """Stop heartbeating (if still running) and close the clients, without releasing."""
+        if self._heartbeater is not None:
+            self._heartbeater.stop()
+        if self._board is not None:
+            with self._board_lock:
+                self._board.close()
+        self._producer = self._board = None
 
+    # --- internals -------------------------------------------------------------------------
 
-def publish_and_wait(
-    producer: Producer,
-    topic: str,
-    key: str,
-    value: dict[str, object],
-    *,
-    timeout_seconds: float,
-    what: str,
-) -> None:
-    """Produce one JSON record and wait for the broker's ack; TimeoutError naming `what` if none."""
-    failures: list[KafkaError] = []
+    def _claims_ahead(self) -> list[ObservedClaim]:
+        """Other writers' claims on this run's pairs, earlier in line, not over."""
+        assert self._board is not None, "acquire() first"
+        with self._board_lock:
+            claims = self._board.read()
+            own = self._board.own_claims()
+        ahead = []
+        for pair in self._pairs:
+            mine = own.get(pair)
+            if mine is None:
+                raise ClaimLost(f"this run's claim on {pair} is not in {self.topic!r}")
+            ahead.extend(
+                observed
+                for observed in claims.get(pair, [])
+                if observed.claim.offset < mine[0] and not observed.over
+            )
+        return ahead
 
-    def on_delivery(error: KafkaError | None, _message: object) -> None:
-        if error is not None:
-            failures.append(error)
+    def _read_back(self) -> str | None:
+        """After a counted heartbeat: the claims are still this run's and nobody else's."""
+        board = self._board
+        if board is None:
+            return None
+        with self._board_lock:
+            claims = board.read(timeout_seconds=HEARTBEAT_ACK_SECONDS)
+            own = board.own_claims()
+        for pair, state in self._pairs.items():
+            mine = own.get(pair)
+            if mine is None or mine[1]:
+                return f"the claim on {pair} is missing or released in {self.topic!r}"
+            if state.from_id is None:
+                continue
+            for observed in claims.get(pair, []):
+                if observed.claim.from_id is not None and not observed.over:
+                    return (
+                        f"live run {observed.claim.owner} also claims {pair} from id "
+                        f"{observed.claim.from_id}"
+                    )
+        return None
 
-    producer.produce(topic, key=key.encode(), value=orjson.dumps(value), on_delivery=on_delivery)
-    remaining = producer.flush(timeout_seconds)
-    if remaining or failures:
-        raise TimeoutError(
-            f"{what} not acknowledged by the broker: {failures[0] if failures else 'still queued'}"
-        )
+    def _acquisition(self, pair: str) -> dict[str, Any]:
+        return {
+            "pair": pair,
+            "owner": self.owner,
+            "acquired_ms": self._acquired_ms,
+            "lease_seconds": self.lease_seconds,
+            "released": False,
+        }
 
+    def _heartbeat_records(self, beat: int) -> list[tuple[str, dict[str, Any]]]:
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            return [
+                (
+                    f"{BEAT_KEY_PREFIX}{pair}|{self.owner}",
+                    {
+                        "pair": pair,
+                        "owner": self.owner,
+                        "beat": beat,
+                        "heartbeat_ms": now_ms,
+                        "lease_seconds": self.lease_seconds,
+                        "from_id": state.from_id,
+                        "handed_back": [list(r) for r in state.handed_back or ()],
+                    },
+                )
+                for pair, state in self._pairs.items()
+            ]
 
-def client_config(settings: ProducerSettings) -> dict[str, object]:
-    """The broker address and credentials of `settings`, for producers and admin clients."""
-    config = consumer_config(settings)
-    return {
-        name: value
-        for name, value in config.items()
-        if name in ("bootstrap.servers", "security.protocol", "sasl.mechanism")
-        or name.startswith(("sasl.", "ssl."))
-    }
+    def _claim_key(self, pair: str) -> str:
+        return f"{CLAIM_KEY_PREFIX}{pair}|{self.owner}"
+
+    def _report(self, reason: str) -> None:
+        if self._on_heartbeat_failure is not None:
+            self._on_heartbeat_failure(f"live claims of {self.owner}: {reason}")

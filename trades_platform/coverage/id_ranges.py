@@ -33,6 +33,11 @@ class IdRanges:
         """The largest id present, or None when empty."""
         return self._ends[-1] if self._ends else None
 
+    @property
+    def lowest(self) -> int | None:
+        """The smallest id present, or None when empty."""
+        return self._starts[0] if self._starts else None
+
     def add(self, trade_id: int) -> None:
         """Mark one id present."""
         self.add_range(trade_id, trade_id)
@@ -52,6 +57,36 @@ class IdRanges:
             last = max(last, self._ends[high - 1])
         self._starts[low:high] = [first]
         self._ends[low:high] = [last]
+
+    def remove(self, trade_id: int) -> None:
+        """Mark one id absent."""
+        self.remove_range(trade_id, trade_id)
+
+    def remove_range(self, first: int, last: int) -> None:
+        """Mark every id in [first, last] absent, splitting ranges that straddle it."""
+        low = bisect.bisect_left(self._ends, first)
+        high = bisect.bisect_right(self._starts, last)
+        if low >= high:
+            return
+        starts: list[int] = []
+        ends: list[int] = []
+        if self._starts[low] < first:
+            starts.append(self._starts[low])
+            ends.append(first - 1)
+        if self._ends[high - 1] > last:
+            starts.append(last + 1)
+            ends.append(self._ends[high - 1])
+        self._starts[low:high] = starts
+        self._ends[low:high] = ends
+
+    def within(self, first: int, last: int) -> list[tuple[int, int]]:
+        """The present sub-ranges of [first, last]."""
+        low = bisect.bisect_left(self._ends, first)
+        high = bisect.bisect_right(self._starts, last)
+        return [
+            (max(first, start), min(last, end))
+            for start, end in zip(self._starts[low:high], self._ends[low:high], strict=True)
+        ]
 
     def missing(self, first: int, last: int) -> list[tuple[int, int]]:
         """The sub-ranges of [first, last] that are not present."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import orjson
@@ -10,15 +11,15 @@ from confluent_kafka import Consumer
 from trades_platform.coverage.id_ranges import IdRanges
 from trades_platform.producer import ProducerSettings
 from trades_platform.topic_reader import consumer_config, read_to_end, topic_partitions
-from trades_platform.trade import message_key_for
+from trades_platform.trade import message_key_for, parse_time_iso
 
 
 @dataclass
 class PairIds:
-    """The ids of one pair present in the topic, and the time of the highest one."""
+    """The ids of one pair present in the topic, and the exact time of the highest one."""
 
     ids: IdRanges = field(default_factory=IdRanges)
-    highest_time_ms: int | None = None
+    highest_time_us: int | None = None
     duplicates: int = 0
 
 
@@ -40,11 +41,13 @@ def scan_topic_ids(
             dict.fromkeys(partitions, 0),
             timeout_seconds=timeout_seconds,
         )
+        highest_time_text: dict[str, object] = {}
         for message in messages:
             pair = by_key.get(message.key() or b"")
             if pair is None:
                 continue
-            trade_id = orjson.loads(message.value() or b"{}").get("trade_id")
+            value = orjson.loads(message.value() or b"{}")
+            trade_id = value.get("trade_id")
             if not isinstance(trade_id, int):
                 continue
             entry = found[pair]
@@ -53,7 +56,14 @@ def scan_topic_ids(
                 continue
             entry.ids.add(trade_id)
             if entry.ids.highest == trade_id:
-                entry.highest_time_ms = message.timestamp()[1]
+                highest_time_text[pair] = value.get("timestamp")
+                # The record's exact time, parsed once at the end; the message's as a fallback.
+                entry.highest_time_us = message.timestamp()[1] * 1000
     finally:
         consumer.close()
+    for pair, text in highest_time_text.items():
+        if isinstance(text, str):
+            # Unparsable: keep the message timestamp.
+            with contextlib.suppress(ValueError):
+                found[pair].highest_time_us = parse_time_iso(text)
     return found

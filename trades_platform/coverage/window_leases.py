@@ -23,18 +23,20 @@ presumed dead has stopped writing before the waiter starts (ARCHITECTURE.md has 
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from trades_platform.coverage.claims import (
-    BACKFILL_PAGE_BOUND_SECONDS,
+from trades_platform.coverage.coverage_log import (
+    POLL_SECONDS,
     CoverageLogReader,
-    client_config,
+    Heartbeater,
+    HeartbeatWatch,
+    coverage_producer,
     coverage_topic,
     ensure_coverage_topic,
     publish_and_wait,
@@ -42,6 +44,8 @@ from trades_platform.coverage.claims import (
 from trades_platform.producer import ProducerSettings
 from trades_platform.trade import format_time_us
 
+# A backfill's page is acknowledged or failed within this bound (its producer's delivery timeout).
+BACKFILL_PAGE_BOUND_SECONDS = 5.0
 HEARTBEAT_SECONDS = 5.0
 # A heartbeat the broker did not acknowledge within this bound does not count.
 HEARTBEAT_ACK_SECONDS = 5.0
@@ -49,10 +53,6 @@ HEARTBEAT_ACK_SECONDS = 5.0
 LEASE_SECONDS = 30.0
 # A holder writes only while its acknowledged heartbeats are never further apart than this.
 STANDING_SECONDS = 15.0
-# How often a waiter reads the log again.
-POLL_SECONDS = 1.0
-# Clocks agree within this (ARCHITECTURE.md, assumption 2): the wall-clock shortcut's margin.
-CLOCK_MARGIN_MS = 10 * 60 * 1000
 
 LEASE_KEY_PREFIX = "window|"
 HEARTBEAT_KEY_PREFIX = "window-beat|"
@@ -99,12 +99,6 @@ class LeaseAhead:
     silent_seconds: float
 
 
-@dataclass
-class _Watched:
-    heartbeat: tuple[int, int]
-    since: float
-
-
 class WindowLeaseHolder:
     """Takes, heartbeats, waits its turn for, checks and releases one window lease."""
 
@@ -124,16 +118,11 @@ class WindowLeaseHolder:
         self._on_heartbeat_failure = on_heartbeat_failure
         self._producer: Producer | None = None
         self._log: CoverageLogReader | None = None
+        self._heartbeater: Heartbeater | None = None
         # The log as read so far: the latest lease and heartbeat per holder.
         self._leases: dict[str, tuple[int, WindowLease]] = {}
         self._heartbeats: dict[str, tuple[int, int]] = {}
-        self._watched: dict[str, _Watched] = {}
-        # Standing: when the latest acknowledged heartbeat was sent (monotonic), or why it is lost.
-        self._lock = threading.Lock()
-        self._last_acked_sent_at = 0.0
-        self._lost: str | None = None
-        self._stop = threading.Event()
-        self._heartbeat_thread: threading.Thread | None = None
+        self._watch = HeartbeatWatch()
 
     def __enter__(self) -> WindowLeaseHolder:
         self.acquire()
@@ -150,7 +139,7 @@ class WindowLeaseHolder:
     def acquire(self) -> None:
         """Publish the acquisition record and start heartbeating."""
         ensure_coverage_topic(self.settings)
-        self._producer = Producer({**client_config(self.settings), "enable.idempotence": True})
+        self._producer = coverage_producer(self.settings)
         self._log = CoverageLogReader(self.settings)
         sent_at = time.monotonic()
         self.lease = WindowLease(
@@ -161,11 +150,17 @@ class WindowLeaseHolder:
             int(time.time() * 1000),
         )
         self._publish(self._lease_key(self.lease), self.lease.__dict__, timeout_seconds=30.0)
-        self._last_acked_sent_at = sent_at
-        self._heartbeat_thread = threading.Thread(
-            target=self._heartbeat_loop, name=f"window-lease-{self.lease.pair}", daemon=True
+        self._heartbeater = Heartbeater(
+            self._producer,
+            self.topic,
+            self._heartbeat_records,
+            interval_seconds=HEARTBEAT_SECONDS,
+            ack_seconds=HEARTBEAT_ACK_SECONDS,
+            standing_seconds=STANDING_SECONDS,
+            what=f"window lease {self._describe()}",
+            on_failure=self._on_heartbeat_failure,
         )
-        self._heartbeat_thread.start()
+        self._heartbeater.start(sent_at)
 
     def leases_ahead(self) -> list[LeaseAhead]:
         """Unreleased leases on an overlapping window, earlier in line, not presumed dead."""
@@ -174,21 +169,15 @@ class WindowLeaseHolder:
         if own is None:
             raise LeaseLost(f"the acquisition of {self._describe()} is not in {self.topic!r}")
         own_offset = own[0]
-        now = time.monotonic()
-        now_ms = int(time.time() * 1000)
         ahead = []
         for key, (offset, lease) in sorted(self._leases.items(), key=lambda item: item[1][0]):
             if offset >= own_offset or lease.released or not lease.overlaps(self.lease):
                 continue
             heartbeat = self._heartbeats.get(_holder(key), (0, lease.acquired_ms))
-            watched = self._watched.get(key)
-            if watched is None or watched.heartbeat != heartbeat:
-                watched = self._watched[key] = _Watched(heartbeat, now)
-            silent = now - watched.since
-            age_ms = now_ms - heartbeat[1]
-            if silent >= LEASE_SECONDS or age_ms > LEASE_SECONDS * 1000 + CLOCK_MARGIN_MS:
+            watched = self._watch.observe(key, heartbeat, LEASE_SECONDS)
+            if watched.liveness == "ended":
                 continue  # presumed dead
-            ahead.append(LeaseAhead(lease, offset, heartbeat, silent))
+            ahead.append(LeaseAhead(lease, offset, heartbeat, watched.silent_seconds))
         return ahead
 
     def wait_for_turn(
@@ -211,76 +200,59 @@ class WindowLeaseHolder:
 
     def ensure_held(self) -> None:
         """Raise LeaseLost unless this writer has kept its standing (see the module docstring)."""
-        with self._lock:
-            if self._lost is None:
-                silent = time.monotonic() - self._last_acked_sent_at
-                if silent > STANDING_SECONDS:
-                    self._lost = f"no heartbeat acknowledged for {silent:.1f}s"
-            if self._lost is not None:
-                raise LeaseLost(
-                    f"lease on {self._describe()} lost ({self._lost}): another backfill may "
-                    "write this window now, so this run stops; re-running it is safe"
-                )
+        assert self._heartbeater is not None, "acquire() first"
+        reason = self._heartbeater.lost_reason()
+        if reason is not None:
+            raise LeaseLost(
+                f"lease on {self._describe()} lost ({reason}): another backfill may "
+                "write this window now, so this run stops; re-running it is safe"
+            )
 
     def release(self) -> None:
         """Stop heartbeating and publish the release; call after the last page is acknowledged."""
-        self._stop.set()
-        if self._heartbeat_thread is not None:
-            self._heartbeat_thread.join()
+        if self._heartbeater is not None:
+            self._heartbeater.stop()
         if self._producer is not None:
             released = {**self.lease.__dict__, "released": True}
             try:
                 self._publish(self._lease_key(self.lease), released, timeout_seconds=10.0)
             except (TimeoutError, KafkaException) as error:
                 # Not fatal: waiters presume the lease over once its heartbeat stops.
-                self._report_heartbeat_failure(f"release not acknowledged ({error})")
+                if self._on_heartbeat_failure is not None:
+                    self._on_heartbeat_failure(
+                        f"{self._describe()}: release not acknowledged ({error})"
+                    )
         if self._log is not None:
             self._log.close()
         self._producer = self._log = None
 
-    def _heartbeat_loop(self) -> None:
-        beat = 0
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            beat += 1
-            sent_at = time.monotonic()
-            value = {"owner": self.owner, "beat": beat, "heartbeat_ms": int(time.time() * 1000)}
-            try:
-                self._publish(
-                    f"{HEARTBEAT_KEY_PREFIX}{_holder(self._lease_key(self.lease))}",
-                    value,
-                    timeout_seconds=HEARTBEAT_ACK_SECONDS,
-                )
-            except (TimeoutError, KafkaException) as error:
-                self._report_heartbeat_failure(f"heartbeat {beat} not acknowledged ({error})")
-                continue
-            with self._lock:
-                gap = sent_at - self._last_acked_sent_at
-                if gap > STANDING_SECONDS and self._lost is None:
-                    self._lost = f"{gap:.1f}s between acknowledged heartbeats"
-                self._last_acked_sent_at = sent_at
+    def _heartbeat_records(self, beat: int) -> list[tuple[str, dict[str, Any]]]:
+        value = {"owner": self.owner, "beat": beat, "heartbeat_ms": int(time.time() * 1000)}
+        return [(f"{HEARTBEAT_KEY_PREFIX}{_holder(self._lease_key(self.lease))}", value)]
 
     def _read_log(self) -> None:
         assert self._log is not None, "acquire() first"
         for offset, key, value in self._log.new_records():
-            if key.startswith(LEASE_KEY_PREFIX):
-                self._leases[key] = (offset, WindowLease(**value))
-            elif key.startswith(HEARTBEAT_KEY_PREFIX):
-                self._heartbeats[_holder(key)] = (value["beat"], value["heartbeat_ms"])
+            try:
+                if key.startswith(LEASE_KEY_PREFIX):
+                    self._leases[key] = (offset, WindowLease(**value))
+                elif key.startswith(HEARTBEAT_KEY_PREFIX):
+                    self._heartbeats[_holder(key)] = (
+                        int(value["beat"]),
+                        int(value["heartbeat_ms"]),
+                    )
+            except (TypeError, KeyError, ValueError):
+                self._log.skipped += 1  # not a lease record of this version
 
     def _publish(self, key: str, value: dict[str, object], *, timeout_seconds: float) -> None:
         assert self._producer is not None, "acquire() first"
         publish_and_wait(
             self._producer,
             self.topic,
-            key,
-            value,
+            [(key, value)],
             timeout_seconds=timeout_seconds,
             what=f"lease record {key!r} at {self.settings.broker_address}",
         )
-
-    def _report_heartbeat_failure(self, reason: str) -> None:
-        if self._on_heartbeat_failure is not None:
-            self._on_heartbeat_failure(f"{self._describe()}: {reason}")
 
     def _describe(self) -> str:
         return describe_lease(self.lease)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from trades_platform.coverage.id_ranges import IdRanges
@@ -16,19 +17,19 @@ class DeduplicatingWriter:
         self.producer = producer
         self.present = present
         self.written = 0
+        self.written_per_pair: Counter[str] = Counter()
         self.skipped_present = 0
 
-    def write(self, trades: Iterable[Trade], *, below_id: int | None = None) -> list[Trade]:
-        """Send the trades not yet present (and below `below_id`, if given); return them."""
+    def write(self, trades: Iterable[Trade]) -> list[Trade]:
+        """Send the trades not yet present; return them."""
         fresh: list[Trade] = []
         for trade in trades:
             ids = self.present.setdefault(trade.pair, IdRanges())
             if trade.trade_id in ids:
                 self.skipped_present += 1
                 continue
-            if below_id is not None and trade.trade_id >= below_id:
-                continue
             ids.add(trade.trade_id)
+            self.written_per_pair[trade.pair] += 1
             fresh.append(trade)
         if fresh:
             self.producer.send(fresh)

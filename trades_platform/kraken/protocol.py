@@ -128,8 +128,10 @@ KrakenMessage = (
 )
 
 
-def parse_frame(raw: str | bytes, source: Source = "live") -> KrakenMessage:
-    """Parse one WebSocket v2 frame; never raises on bad input."""
+def parse_frame(
+    raw: str | bytes, source: Source = "live", received_ms: int | None = None
+) -> KrakenMessage:
+    """Parse one WebSocket v2 frame (arrived at `received_ms`); never raises on bad input."""
     if len(raw) > MAX_FRAME_BYTES:
         return MalformedMessage(f"frame of {len(raw)} bytes exceeds {MAX_FRAME_BYTES}", raw)
     try:
@@ -141,7 +143,7 @@ def parse_frame(raw: str | bytes, source: Source = "live") -> KrakenMessage:
 
     channel = frame.get("channel")
     if channel == "trade":
-        return _trades_message(frame, raw, source)
+        return _trades_message(frame, raw, source, received_ms)
     if channel == "heartbeat":
         return Heartbeat()
     if channel == "status":
@@ -161,7 +163,9 @@ def parse_frame(raw: str | bytes, source: Source = "live") -> KrakenMessage:
     return MalformedMessage("frame has neither a channel nor a method", raw)
 
 
-def _trades_message(frame: dict[str, Any], raw: str | bytes, source: Source) -> KrakenMessage:
+def _trades_message(
+    frame: dict[str, Any], raw: str | bytes, source: Source, received_ms: int | None
+) -> KrakenMessage:
     frame_type = frame.get("type")
     data = frame.get("data")
     if frame_type not in ("snapshot", "update"):
@@ -171,9 +175,9 @@ def _trades_message(frame: dict[str, Any], raw: str | bytes, source: Source) -> 
     trades: list[Trade] = []
     rejected: list[RejectedItem] = []
     for item in data:
-        trade = _well_formed_trade(item, source) if type(item) is dict else None
+        trade = _well_formed_trade(item, source, received_ms) if type(item) is dict else None
         if trade is None:
-            verdict = _validated_trade(item, source)
+            verdict = _validated_trade(item, source, received_ms)
             if isinstance(verdict, str):
                 rejected.append(RejectedItem(verdict, item))
                 continue
@@ -196,7 +200,9 @@ _INF = math.inf
 _MAX_FAST_INT = 2**63
 
 
-def _well_formed_trade(item: dict[str, Any], source: Source) -> Trade | None:
+def _well_formed_trade(
+    item: dict[str, Any], source: Source, received_ms: int | None
+) -> Trade | None:
     """The trade of an item that is well-formed beyond doubt; None to let pydantic decide.
 
     Whatever this accepts, `_validated_trade` accepts too, into an equal Trade. Anything else, a
@@ -255,11 +261,12 @@ def _well_formed_trade(item: dict[str, Any], source: Source) -> Trade | None:
         side=side,
         ord_type=ord_type,
         source=source,
+        received_ms=received_ms,
         timestamp=timestamp,
     )
 
 
-def _validated_trade(item: Any, source: Source) -> Trade | str:
+def _validated_trade(item: Any, source: Source, received_ms: int | None) -> Trade | str:
     """Validate with `_KrakenTradeItem`: the reference verdict, with a reason when it rejects."""
     try:
         checked = _KrakenTradeItem.model_validate(item)
@@ -280,6 +287,7 @@ def _validated_trade(item: Any, source: Source) -> Trade | str:
         side=checked.side,
         ord_type=checked.ord_type,
         source=source,
+        received_ms=received_ms,
     )
 
 
@@ -323,8 +331,8 @@ class RestTradeRow:
     side: Literal["buy", "sell"]
     ord_type: Literal["market", "limit"]
 
-    def to_trade(self, pair: str, source: Source) -> Trade:
-        """The topic record for this row."""
+    def to_trade(self, pair: str, source: Source, received_ms: int | None = None) -> Trade:
+        """The topic record for this row (its REST answer arrived at `received_ms`)."""
         return Trade.from_parts(
             pair=pair,
             price=self.price,
@@ -334,6 +342,7 @@ class RestTradeRow:
             side=self.side,
             ord_type=self.ord_type,
             source=source,
+            received_ms=received_ms,
         )
 
 

@@ -12,7 +12,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -99,6 +99,7 @@ class TradesPage:
     rows: list[RestTradeRow]
     last_ns: int | None  # None when missing or not a non-negative integer
     raw_count: int  # rows in the answer, valid or not
+    received_ms: int  # when the answer arrived (wall clock): the records' `received_ms`
 
 
 class Pacer:
@@ -213,6 +214,7 @@ class KrakenRestClient:
             "count": str(count or self.settings.page_size),
         }
         result = self._get("Trades", params)
+        received_ms = time.time_ns() // 1_000_000
         if not isinstance(result, dict):
             raise KrakenRestError(f"Trades {pair.name}: `result` is not an object")
         # Kraken keys the rows by its canonical name, which may differ from the name asked.
@@ -241,18 +243,36 @@ class KrakenRestClient:
             )
         self.stats.pages_fetched += 1
         return TradesPage(
-            rows=rows, last_ns=_parse_last(result.get("last")), raw_count=len(raw_rows)
+            rows=rows,
+            last_ns=_parse_last(result.get("last")),
+            raw_count=len(raw_rows),
+            received_ms=received_ms,
         )
+
+    def trades_since(self, pair: str, since_time_us: int) -> TradesPage:
+        """One page of `pair`'s trades at or after `since_time_us`, however recent; rows by id.
+
+        For healing by id: the caller picks the ids it misses. Unlike `window_pages`, nothing
+        checks that the history is complete: a page may end before trades Kraken has not
+        published over REST yet.
+        """
+        if type(since_time_us) is not int or since_time_us < 0:
+            raise ValueError(f"bad since_time_us {since_time_us!r}")
+        page = self.trades_page(self.rest_pair(pair), since_time_us * 1000)
+        return replace(page, rows=sorted(page.rows, key=lambda row: row.trade_id))
 
     def trade_pages(
         self, pair: str, start_us: int, end_us: int, *, source: Source = "backfill"
     ) -> Iterator[list[Trade]]:
         """Every trade of `pair` with time in [start_us, end_us), page by page, in id order."""
-        for rows in self.trade_rows(pair, start_us, end_us):
-            yield [row.to_trade(pair, source) for row in rows]
+        for page in self.window_pages(pair, start_us, end_us):
+            yield [row.to_trade(pair, source, page.received_ms) for row in page.rows]
 
-    def trade_rows(self, pair: str, start_us: int, end_us: int) -> Iterator[list[RestTradeRow]]:
-        """Like `trade_pages`, as validated rows (their exact microsecond times included)."""
+    def window_pages(self, pair: str, start_us: int, end_us: int) -> Iterator[TradesPage]:
+        """Like `trade_pages`, as pages of validated rows (exact microsecond times included).
+
+        Each page holds only the window's rows not on an earlier page, sorted by id.
+        """
         if type(start_us) is not int or type(end_us) is not int or end_us <= start_us:
             raise ValueError(f"bad window [{start_us!r}, {end_us!r})")
         rest_pair = self.rest_pair(pair)
@@ -275,7 +295,7 @@ class KrakenRestClient:
                 (row for row in fresh if start_us <= row.time_us < end_us),
                 key=lambda row: row.trade_id,
             )
-            yield in_window
+            yield replace(page, rows=in_window)
             # Stop at the first page that crosses the window's end: never fetch far past it.
             if any(row.time_us >= end_us for row in fresh):
                 return

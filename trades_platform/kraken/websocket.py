@@ -12,6 +12,7 @@ import itertools
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -68,13 +69,25 @@ class StreamSettings:
 
 @dataclass(frozen=True)
 class TradeGap:
-    """Trade ids a pair skipped: Kraken ids are sequential per pair, so these were missed."""
+    """Trade ids a pair skipped: Kraken ids are sequential per pair, so these were missed.
+
+    The times are exact (µs) times of the trades on either side: missing trades often share a
+    timestamp, to the microsecond, with one of them, so a heal must start at or before
+    `after_time_us` and select by id, never by a window cut at these times.
+    """
 
     pair: str
     first_missing_id: int
     last_missing_id: int
+    # The trade just before the gap (the last one seen, or the topic's newest after a restart).
     after_time_us: int
+    # The trade that revealed the gap.
     before_time_us: int
+
+    @property
+    def missing(self) -> int:
+        """How many ids are missing."""
+        return self.last_missing_id - self.first_missing_id + 1
 
 
 @dataclass(frozen=True)
@@ -97,8 +110,8 @@ class StreamStats:
     repeated_skipped: int = 0
     gaps: int = 0
     missing_trades: int = 0
+    missing_per_pair: Counter[str] = field(default_factory=Counter)
     last_trade_id: dict[str, int] = field(default_factory=dict)
-    last_trade_time_us: dict[str, int] = field(default_factory=dict)
 
 
 class KrakenTradeStream:
@@ -121,9 +134,12 @@ class KrakenTradeStream:
         self.stats = StreamStats()
         # (last id, its time in µs) per pair already in the topic: older trades are skipped and a
         # jump past it is reported as a gap, exactly as after a reconnect.
+        self._resume_time_us: dict[str, int] = {}
         for pair, (last_id, last_time_us) in (resume_after or {}).items():
             self.stats.last_trade_id[pair] = last_id
-            self.stats.last_trade_time_us[pair] = last_time_us
+            self._resume_time_us[pair] = last_time_us
+        # The newest trade seen per pair: its exact time starts the next gap's heal.
+        self._last_trade: dict[str, Trade] = {}
         self._source: Source = source
         self._on_rejected = on_rejected
         self._on_gap = on_gap
@@ -196,6 +212,8 @@ class KrakenTradeStream:
         while not self._closed:
             raw = self._receive()
             now = time.monotonic()
+            # When the frame arrived, on the wall clock: each live record carries it.
+            received_ms = time.time_ns() // 1_000_000
             if raw is None:
                 silence = now - last_frame_at
                 if silence > settings.watchdog_seconds:
@@ -210,7 +228,7 @@ class KrakenTradeStream:
             last_frame_at = now
             ping_sent = False
             self.stats.frames += 1
-            message = parse_frame(raw, self._source)
+            message = parse_frame(raw, self._source, received_ms)
             if isinstance(message, TradesMessage):
                 self._reject_items(message.rejected)
                 yield self._new_trades(message.trades)
@@ -257,37 +275,44 @@ class KrakenTradeStream:
         self._log.warning(f"Kraken refused a subscription: {ack.error}")
 
     def _new_trades(self, trades: list[Trade]) -> list[Trade]:
-        """Drop trades already seen (a snapshot after a reconnect repeats them); note id gaps."""
+        """Drop trades already seen (a snapshot after a reconnect repeats them); note id gaps.
+
+        Gaps are reported before the frame's trades are returned, so a caller that orders by id
+        knows of every hole below a trade by the time it sees the trade.
+        """
         stats = self.stats
         fresh: list[Trade] = []
+        last_trade = self._last_trade
         for trade in trades:
-            last_id = stats.last_trade_id.get(trade.pair)
+            pair = trade.pair
+            last_id = stats.last_trade_id.get(pair)
             if last_id is not None:
                 if trade.trade_id <= last_id:
                     stats.repeated_skipped += 1
                     continue
                 if trade.trade_id > last_id + 1:
+                    previous = last_trade.get(pair)
+                    after_time_us = (
+                        previous.time_us if previous is not None else self._resume_time_us[pair]
+                    )
                     self._note_gap(
                         TradeGap(
-                            trade.pair,
-                            last_id + 1,
-                            trade.trade_id - 1,
-                            stats.last_trade_time_us[trade.pair],
-                            trade.timestamp_ms * 1000,
+                            pair, last_id + 1, trade.trade_id - 1, after_time_us, trade.time_us
                         )
                     )
-            stats.last_trade_id[trade.pair] = trade.trade_id
-            stats.last_trade_time_us[trade.pair] = trade.timestamp_ms * 1000
+            stats.last_trade_id[pair] = trade.trade_id
+            last_trade[pair] = trade
             fresh.append(trade)
         stats.trades += len(fresh)
         return fresh
 
     def _note_gap(self, gap: TradeGap) -> None:
-        missing = gap.last_missing_id - gap.first_missing_id + 1
         self.stats.gaps += 1
-        self.stats.missing_trades += missing
-        self._log.warning(
-            f"{gap.pair}: {missing} trade(s) missed, "
+        self.stats.missing_trades += gap.missing
+        self.stats.missing_per_pair[gap.pair] += gap.missing
+        # A gap per left-out trade is routine on a lossy feed: the progress line counts them.
+        self._log.debug(
+            f"{gap.pair}: {gap.missing} trade(s) missed, "
             f"ids {gap.first_missing_id}..{gap.last_missing_id}"
         )
         if self._on_gap is not None:

@@ -3,25 +3,25 @@
 # No `from __future__ import annotations` here: Dagster reads the op's annotations at import.
 
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 
-from dagster import AssetObservation, Config, OpExecutionContext, in_process_executor, job, op
+from dagster import Config, OpExecutionContext, in_process_executor, job, op
 from pydantic import Field
 
-from trades_platform.coverage.claims import ClaimBoard
-from trades_platform.coverage.topic_ids import scan_topic_ids
+from trades_platform.coverage.claims import ObservedClaim, TailClaimHolder, claim_lease_seconds
+from trades_platform.coverage.topic_ids import PairIds, scan_topic_ids
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.dead_letters import DeadLetterProducer
-from trades_platform.kraken.websocket import StreamStats
+from trades_platform.live.healer import GapHealer
 from trades_platform.live.observations import OBSERVATION_INTERVAL_SECONDS, pair_observations
-from trades_platform.live.tail import LiveTail, TailStats
+from trades_platform.live.progress import LiveProgress
+from trades_platform.live.tail import LiveTail
 from trades_platform.producer import TradeProducer
 from trades_platform.resources import KrakenResource, RedpandaResource
-from trades_platform.trade import Trade
 
 # Runs of the live job carry this tag; dagster.yaml allows one run per value (one per shard).
 LIVE_SHARD_TAG = "trades_platform/live-shard"
+# A bounded run that reached its bound waits this long for heals still under way.
+DRAIN_SECONDS = 30.0
 
 
 class LiveTradesConfig(Config):
@@ -50,75 +50,18 @@ class LiveTradesConfig(Config):
         description="At start, heal from the topic's newest trade if it is younger than this; "
         "an older gap is left to the backfill",
     )
-
-
-@dataclass
-class LiveProgress:
-    """Per-pair totals and the throughput since the last report."""
-
-    started_at: float = field(default_factory=time.monotonic)
-    per_pair: Counter[str] = field(default_factory=Counter)
-    total: int = 0
-    last_trade_ms: dict[str, int] = field(default_factory=dict)
-    _reported_at: float = field(default_factory=time.monotonic)
-    _reported_total: int = 0
-    _observed_at: float = field(default_factory=time.monotonic)
-    _observed_per_pair: Counter[str] = field(default_factory=Counter)
-
-    def add(self, trades: list[Trade]) -> None:
-        """Count a batch that was handed to the producer."""
-        for trade in trades:
-            self.per_pair[trade.pair] += 1
-            self.last_trade_ms[trade.pair] = trade.timestamp_ms
-        self.total += len(trades)
-
-    def observe(
-        self, pairs: list[str], stats: StreamStats, tail: TailStats
-    ) -> list[AssetObservation]:
-        """Per-pair observations of `kraken_trades_live` since the previous ones."""
-        now = time.monotonic()
-        minutes = max(now - self._observed_at, 1e-9) / 60
-        per_minute = {
-            pair: (self.per_pair[pair] - self._observed_per_pair[pair]) / minutes for pair in pairs
-        }
-        self._observed_at, self._observed_per_pair = now, Counter(self.per_pair)
-        return list(
-            pair_observations(
-                trades_per_minute=per_minute,
-                last_trade_ms=self.last_trade_ms,
-                reconnects=stats.reconnects,
-                gaps_healed=tail.healed,
-                dead_lettered=stats.rejected,
-                pairs=pairs,
-            )
-        )
-
-    def observation_due(self, interval_seconds: float) -> bool:
-        """True when the last observations are older than the interval."""
-        return time.monotonic() - self._observed_at >= interval_seconds
-
-    def report_due(self, interval_seconds: float) -> bool:
-        """True when the last report is older than the interval."""
-        return time.monotonic() - self._reported_at >= interval_seconds
-
-    def report(self, stats: StreamStats, tail: TailStats, producer: TradeProducer) -> str:
-        """One log line: rate, totals per pair, age of the newest trade, connection health."""
-        now = time.monotonic()
-        rate = (self.total - self._reported_total) / max(now - self._reported_at, 1e-9)
-        self._reported_at, self._reported_total = now, self.total
-        wall_ms = time.time() * 1000
-        ages = ", ".join(
-            f"{pair} {(wall_ms - ms) / 1000:.1f}s"
-            for pair, ms in sorted(self.last_trade_ms.items())
-        )
-        totals = ", ".join(f"{pair}={count}" for pair, count in sorted(self.per_pair.items()))
-        return (
-            f"{rate:.1f} trades/s; {self.total} live trades written "
-            f"({producer.acknowledged} acknowledged): {totals or 'none yet'}; "
-            f"last trade age: {ages or 'n/a'}; reconnects={stats.reconnects} "
-            f"dead-lettered={stats.rejected} gaps={stats.gaps} healed={tail.healed} "
-            f"unhealed={tail.unhealed} repeats skipped={stats.repeated_skipped}"
-        )
+    heal_hold_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a pair's trades after a missing one wait for its heal, so that ids "
+        "reach the topic in order; after it they are written and the missing one lands late",
+    )
+    heal_give_up_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long the live run keeps asking REST for a missing trade before it hands "
+        "the id back to the backfill of its day (in the live claim)",
+    )
 
 
 @op(description="Streams Kraken trades into the topic until terminated or a configured bound.")
@@ -128,84 +71,143 @@ def stream_live_trades(
     kraken: KrakenResource,
     redpanda: RedpandaResource,
 ) -> None:
-    """Subscribe, write every new trade, log progress; flush and close on any exit."""
-    pairs = config.pairs or kraken.pairs
+    """Claim, wait for any other live writer, read the topic, stream; release on the way out."""
+    pairs = list(config.pairs or kraken.pairs)
     settings = redpanda.producer_settings()
-    progress = LiveProgress()
     context.log.info(
         f"Streaming {pairs} from {kraken.ws_url} to topic {redpanda.topic!r} at "
         f"{redpanda.broker_address} (max_trades={config.max_trades}, "
         f"max_seconds={config.max_seconds})"
     )
-    # What is already in the topic decides what this run writes (see ARCHITECTURE.md).
-    scanned = scan_topic_ids(settings, list(pairs))
-    context.log.info(
-        "In the topic: "
-        + ", ".join(f"{pair} {len(found.ids)} ids" for pair, found in scanned.items())
+    holder = TailClaimHolder(
+        settings,
+        pairs,
+        lease_seconds=claim_lease_seconds(settings.delivery_timeout_ms),
+        owner=context.run_id,
+        on_heartbeat_failure=context.log.warning,
     )
-    dead_letters = DeadLetterProducer(settings, source="live")
-    board = ClaimBoard(settings, owner=context.run_id)
-    # try/finally, not except: a UI terminate or SIGTERM arrives as a BaseException.
-    with redpanda.trade_producer() as producer, kraken.rest_client(log=context.log) as rest:
-        writer = DeduplicatingWriter(producer, {pair: found.ids for pair, found in scanned.items()})
-        tail = LiveTail(
-            settings=settings,
-            writer=writer,
-            board=board,
-            rest=rest,
-            log=context.log,
-            heal_horizon_seconds=config.heal_horizon_seconds,
-        )
-        stream = kraken.trade_stream(
-            pairs=pairs,
-            log=context.log,
-            on_rejected=dead_letters.send,
-            on_gap=tail.heal,
-            resume_after=tail.start(list(pairs), scanned),
-        )
-        try:
-            for batch in stream.batches():
-                if config.max_trades is not None:
-                    batch = batch[: config.max_trades - writer.written]
-                if batch:
-                    tail.before_write(batch)
-                    progress.add(writer.write(batch))
-                else:
-                    tail.keep_claims_fresh()
-                producer.poll()
-                if progress.report_due(config.progress_interval_seconds):
-                    context.log.info(progress.report(stream.stats, tail.stats, producer))
-                if progress.observation_due(config.observation_interval_seconds):
-                    for observation in progress.observe(list(pairs), stream.stats, tail.stats):
-                        context.log_event(observation)
-                if _bound_reached(config, writer.written, progress):
-                    break
-            # A normal end fails the run if the broker did not acknowledge everything.
-            producer.flush()
-        finally:
-            stream.close()
-            producer.close()
-            dead_letters.close()
-            _release_claims(tail, context)
-            context.log.info(
-                f"Stopped: {writer.written} trades written, {producer.acknowledged} acknowledged "
-                f"by the broker, {producer.failed} failed; "
-                + progress.report(stream.stats, tail.stats, producer)
-            )
-
-
-def _release_claims(tail: LiveTail, context: OpExecutionContext) -> None:
-    # Best effort: an unreleased claim simply expires after its lease.
+    holder.acquire()
+    producer: TradeProducer | None = None
     try:
-        tail.release()
+        # Another live writer of these pairs first finishes (or is presumed dead): only then is
+        # the topic read, so that nothing it writes meanwhile is missed (ARCHITECTURE.md).
+        waited = holder.wait_for_turn(lambda ahead: _log_waiting(context, ahead))
+        if waited:
+            context.log.info(f"Waited {waited:.0f}s for other live writers of {pairs}")
+        scanned = scan_topic_ids(settings, pairs)
+        context.log.info(
+            "In the topic: "
+            + ", ".join(f"{pair} {len(found.ids)} ids" for pair, found in scanned.items())
+        )
+        with redpanda.trade_producer() as producer:
+            _stream(context, config, kraken, redpanda, holder, producer, scanned, pairs)
+    finally:
+        _release_claims(holder, producer, context)
+
+
+def _stream(
+    context: OpExecutionContext,
+    config: LiveTradesConfig,
+    kraken: KrakenResource,
+    redpanda: RedpandaResource,
+    holder: TailClaimHolder,
+    producer: TradeProducer,
+    scanned: dict[str, PairIds],
+    pairs: list[str],
+) -> None:
+    """The streaming loop proper: socket in, ordered writes out, heals beside it."""
+    settings = redpanda.producer_settings()
+    dead_letters = DeadLetterProducer(settings, source="live")
+    healer = GapHealer(
+        kraken.rest_client(log=context.log),
+        give_up_seconds=config.heal_give_up_seconds,
+        log=context.log,
+    ).start()
+    writer = DeduplicatingWriter(producer, {pair: found.ids for pair, found in scanned.items()})
+    tail = LiveTail(
+        settings=settings,
+        writer=writer,
+        holder=holder,
+        healer=healer,
+        log=context.log,
+        heal_horizon_seconds=config.heal_horizon_seconds,
+        hold_seconds=config.heal_hold_seconds,
+        write_limit=config.max_trades,
+    )
+    stream = kraken.trade_stream(
+        pairs=pairs,
+        log=context.log,
+        on_rejected=dead_letters.send,
+        on_gap=tail.note_gap,
+        resume_after=tail.start(pairs, scanned),
+    )
+    progress = LiveProgress(pairs, writer, tail, healer, stream.stats, producer)
+    # try/finally, not except: a UI terminate or SIGTERM arrives as a BaseException.
+    try:
+        for batch in stream.batches():
+            if batch:
+                tail.accept(batch)
+            tail.service()
+            producer.poll()
+            progress.sample()
+            if progress.report_due(config.progress_interval_seconds):
+                context.log.info(progress.report())
+            if progress.observation_due(config.observation_interval_seconds):
+                for observation in pair_observations(progress.figures()):
+                    context.log_event(observation)
+            if _bound_reached(config, tail, progress):
+                tail.drain(DRAIN_SECONDS)
+                break
+        # A normal end fails the run if the broker did not acknowledge everything.
+        producer.flush()
+    finally:
+        stream.close()
+        healer.close()
+        dead_letters.close()
+        # Flushed before the last line, so that it says what the broker acknowledged.
+        producer.close()
+        context.log.info(
+            f"Stopped: {writer.written} trades written, {producer.acknowledged} acknowledged "
+            f"by the broker, {producer.failed} failed; {progress.report()}; "
+            f"open_holes={sum(tail.open_holes().values())} "
+            f"seconds={time.monotonic() - progress.started_at:.1f}"
+        )
+
+
+def _log_waiting(context: OpExecutionContext, ahead: list[ObservedClaim]) -> None:
+    """Say which live runs this one waits for."""
+    context.log.warning(
+        "Waiting for other live writers of "
+        + ", ".join(
+            f"{observed.claim.pair} (run {observed.claim.owner}, heartbeat unchanged for "
+            f"{observed.silent_seconds:.0f}s, presumed over after "
+            f"{observed.claim.lease_seconds:.0f}s)"
+            for observed in ahead
+        )
+    )
+
+
+def _release_claims(
+    holder: TailClaimHolder, producer: TradeProducer | None, context: OpExecutionContext
+) -> None:
+    """Release the claims once every write is acknowledged; otherwise let them expire."""
+    if producer is not None and producer.pending:
+        # A trade still in the producer's hands may land later: only the lease covers that.
+        context.log.warning(
+            f"{producer.pending} trade(s) not acknowledged; the live claims are not released and "
+            "expire after their lease"
+        )
+        holder.close()
+        return
+    try:
+        holder.release()
     except Exception as error:
         context.log.warning(f"Could not release the tail claims ({error}); they expire by lease")
-    finally:
-        tail.board.close()
+        holder.close()
 
 
-def _bound_reached(config: LiveTradesConfig, written: int, progress: LiveProgress) -> bool:
-    if config.max_trades is not None and written >= config.max_trades:
+def _bound_reached(config: LiveTradesConfig, tail: LiveTail, progress: LiveProgress) -> bool:
+    if tail.limit_reached:
         return True
     elapsed = time.monotonic() - progress.started_at
     return config.max_seconds is not None and elapsed >= config.max_seconds

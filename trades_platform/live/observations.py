@@ -1,8 +1,9 @@
 """What the live runs report to the UI: per-pair observations of `kraken_trades_live`, and the
 freshness check that fails when a pair's newest trade is too old.
 
-The live op logs one observation per pair every minute (trades per minute, age of the newest
-trade, reconnects, gaps healed, dead-lettered frames); the asset page plots each number over time.
+The live op logs one observation per pair every minute (trades per minute, lag, trades Kraken's
+feed left out, healed, pending and handed back, REST calls, reconnects, dead-lettered frames);
+the asset page plots each number over time.
 `live_freshness_schedule` runs the check every five minutes, so a stopped or stuck live run shows
 up as a failed check even though it reports nothing itself.
 """
@@ -42,7 +43,9 @@ kraken_trades_live = AssetSpec(
     LIVE_ASSET_KEY,
     description=(
         "Live Kraken trades in the trades topic, written by live_trades_job. Observed every "
-        "minute per pair: trades_per_minute, last_trade_age_seconds, reconnects, gaps_healed, "
+        "minute per pair: trades_per_minute, last_trade_age_seconds (the lag now), "
+        "lag_p99_seconds, trades_left_out (by Kraken's feed), gaps_healed (trades healed from "
+        "REST), pending_heals, handed_back (to the backfill), rest_calls_per_minute, reconnects, "
         "dead_lettered."
     ),
     group_name="live",
@@ -60,27 +63,9 @@ def freshness_bound_seconds() -> float:
         raise ValueError(f"LIVE_FRESHNESS_SECONDS={raw!r} is not a number") from None
 
 
-def pair_observations(
-    *,
-    trades_per_minute: dict[str, float],
-    last_trade_ms: dict[str, int],
-    reconnects: int,
-    gaps_healed: int,
-    dead_lettered: int,
-    pairs: list[str],
-) -> Iterator[AssetObservation]:
+def pair_observations(figures: dict[str, dict[str, float | int]]) -> Iterator[AssetObservation]:
     """One observation per pair, numbers only, so the UI plots them."""
-    now_ms = time.time() * 1000
-    for pair in pairs:
-        metadata: dict[str, float | int] = {
-            "trades_per_minute": round(trades_per_minute.get(pair, 0.0), 2),
-            "reconnects": reconnects,
-            "gaps_healed": gaps_healed,
-            "dead_lettered": dead_lettered,
-        }
-        if pair in last_trade_ms:
-            metadata["last_trade_age_seconds"] = round((now_ms - last_trade_ms[pair]) / 1000, 3)
-            metadata["last_trade_time_ms"] = last_trade_ms[pair]
+    for pair, metadata in figures.items():
         yield AssetObservation(asset_key=LIVE_ASSET_KEY, partition=pair, metadata=metadata)
 
 

@@ -1,43 +1,35 @@
-"""The live writer's half of exactly-once: it owns each pair's tail of ids and heals its gaps.
+"""The live writer's half of exactly-once: it owns each pair's tail of ids, in order, and heals it.
 
-At start it reads the topic; for each pair it claims every id after the highest one present (or,
-for a pair new to the topic or silent for longer than the heal horizon, every id from the first
-trade it receives), waits out the grace period, and reads the topic again before writing. Gaps
-(reconnects, id jumps, the time the previous run was down) are fetched from REST and written
-with `source="heal"` before the live trades that follow them.
+Before this runs, the live run has taken its place in line (`TailClaimHolder.acquire`), waited for
+any other live writer of its pairs (`wait_for_turn`) and only then read the topic. `LiveTail`:
+
+- claims every id after the topic's newest one (or, for a pair new to the topic or silent for
+  longer than the heal horizon, every id from the first trade it receives), waits out the grace
+  period and reads the topic again before writing, when a backfill could reach those ids;
+- writes each pair's trades in increasing id order: a trade after a hole waits until the hole
+  is healed, for at most `hold_seconds`; after that the hole no longer holds trades back and its
+  trades, once healed, land late (counted as `healed_late`);
+- sends holes to the `GapHealer` (REST, in a thread) and writes what it finds, with
+  `source="heal"`; holes it gives up on are handed back to the backfills in the claim;
+- checks, before every write, that the claim is still held (`ClaimLost` otherwise).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from trades_platform.coverage.claims import (
-    CLAIM_GRACE_SECONDS,
-    HEARTBEAT_SECONDS,
-    LEASE_SECONDS,
-    ClaimBoard,
-)
+from trades_platform.coverage.claims import CLAIM_GRACE_SECONDS, TailClaimHolder
 from trades_platform.coverage.id_ranges import IdRanges
 from trades_platform.coverage.topic_ids import PairIds, scan_topic_ids
 from trades_platform.coverage.writer import DeduplicatingWriter
-from trades_platform.kraken.rest import KrakenRestClient, KrakenRestError, WindowNotClosedError
 from trades_platform.kraken.websocket import TradeGap
+from trades_platform.live.healer import GapHealer, GaveUp, Healed
 from trades_platform.producer import ProducerSettings
 from trades_platform.trade import Trade
-
-
-@dataclass
-class TailStats:
-    """What healing did, for the progress log and the observations."""
-
-    gaps: int = 0
-    healed: int = 0
-    unhealed: int = 0
-    claims: int = 0
-
 
 # Clocks differ: near midnight, act as if the day had already turned.
 _CLOCK_SKEW_US = 10 * 60 * 1_000_000
@@ -55,163 +47,280 @@ def backfill_may_reach(time_us: int, now_us: int | None = None) -> bool:
     return time_us < current_day_start
 
 
-class OtherLiveWriterError(RuntimeError):
-    """Another live run holds a live claim on one of this run's pairs."""
+@dataclass
+class TailStats:
+    """What the tail did, for the progress line and the observations."""
+
+    claims: int = 0
+    # Trades the stream skipped (left out by Kraken, or missed across a reconnect), per pair.
+    left_out: dict[str, int] = field(default_factory=dict)
+    # Missing trades written from REST, per pair; those written after later trades (late).
+    healed: dict[str, int] = field(default_factory=dict)
+    healed_late: int = 0
+    # Missing ids whose hold expired: later trades were written before them.
+    released_out_of_order: int = 0
+    # Missing ids given back to the backfills, per pair.
+    handed_back: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def total(counts: dict[str, int]) -> int:
+        """The sum over pairs."""
+        return sum(counts.values())
+
+
+@dataclass
+class _Waiting:
+    trade: Trade
+    since: float
+
+
+@dataclass
+class _PairTail:
+    """One pair's ordering state."""
+
+    from_id: int
+    # Missing ids that later trades wait for.
+    blocking: IdRanges = field(default_factory=IdRanges)
+    # Missing ids that no longer hold trades back (their hold expired); still being healed.
+    late: IdRanges = field(default_factory=IdRanges)
+    # Trades that cannot be written yet, in id order.
+    waiting: list[_Waiting] = field(default_factory=list)
+    newest_written_ms: int | None = None
 
 
 class LiveTail:
-    """Claims, heartbeats, the grace re-scan, and healing, around one DeduplicatingWriter."""
+    """Claims, ordered writing, healing and hand-backs around one DeduplicatingWriter."""
 
     def __init__(
         self,
         *,
         settings: ProducerSettings,
         writer: DeduplicatingWriter,
-        board: ClaimBoard,
-        rest: KrakenRestClient | None,
+        holder: TailClaimHolder,
+        healer: GapHealer,
         log: logging.Logger,
         heal_horizon_seconds: float,
+        hold_seconds: float,
+        write_limit: int | None = None,
         grace_seconds: float = CLAIM_GRACE_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self.writer = writer
-        self.board = board
-        self.rest = rest
+        self.holder = holder
+        self.healer = healer
         self.stats = TailStats()
         self._log = log
         self._heal_horizon_us = int(heal_horizon_seconds * 1_000_000)
+        self._hold_seconds = hold_seconds
+        self._write_limit = write_limit
         self._grace_seconds = grace_seconds
         self._sleep = sleep
-        self._claimed: dict[str, int] = {}
-        self._heartbeat_at = 0.0
-        # A claim waits for an unreachable broker as long as a trade does (the configured
-        # delivery timeout): a shorter bound would fail the run before that bound is reached.
         self._claim_timeout_seconds = max(30.0, settings.delivery_timeout_ms / 1000)
+        self._pairs: dict[str, _PairTail] = {}
+
+    # --- start ---------------------------------------------------------------------------
 
     def start(self, pairs: list[str], scanned: dict[str, PairIds]) -> dict[str, tuple[int, int]]:
         """Claim the tails that resume from the topic; return where the stream resumes each."""
-        self._wait_for_other_live_writers(pairs)
         now_us = int(time.time() * 1_000_000)
         resume: dict[str, tuple[int, int]] = {}
         for pair in pairs:
             found = scanned.get(pair)
-            highest = found.ids.highest if found else None
-            if highest is None or found is None or found.highest_time_ms is None:
+            if found is None or found.ids.highest is None or found.highest_time_us is None:
                 continue
-            age_us = now_us - found.highest_time_ms * 1000
+            age_us = now_us - found.highest_time_us
             if age_us > self._heal_horizon_us:
                 self._log.warning(
-                    f"{pair}: newest trade in the topic (id {highest}) is {age_us / 3.6e9:.1f} h "
-                    "old, beyond the heal horizon; the gap up to the first live trade is left "
-                    "to the backfill"
+                    f"{pair}: newest trade in the topic (id {found.ids.highest}) is "
+                    f"{age_us / 3.6e9:.1f} h old, beyond the heal horizon; the gap up to the "
+                    "first live trade is left to the backfill"
                 )
                 continue
-            resume[pair] = (highest, found.highest_time_ms * 1000)
+            resume[pair] = (found.ids.highest, found.highest_time_us)
         self._claim({pair: (last_id + 1, time_us) for pair, (last_id, time_us) in resume.items()})
         return resume
 
-    def before_write(self, trades: Iterable[Trade]) -> None:
-        """Claim pairs seen for the first time and keep every claim's heartbeat fresh."""
-        new_pairs: dict[str, tuple[int, int]] = {}
+    # --- the stream's side -----------------------------------------------------------------
+
+    def note_gap(self, gap: TradeGap) -> None:
+        """The stream skipped ids: hold later trades for them and have them healed."""
+        self.stats.left_out[gap.pair] = self.stats.left_out.get(gap.pair, 0) + gap.missing
+        state = self._pairs.get(gap.pair)
+        if state is None:
+            # The stream resumed a pair this run did not claim (beyond the heal horizon): the ids
+            # below its first trade are the backfill's.
+            return
+        state.blocking.add_range(gap.first_missing_id, gap.last_missing_id)
+        self.healer.add(gap)
+
+    def accept(self, trades: Iterable[Trade]) -> None:
+        """Take a batch from the stream: write what is in order, hold what follows a hole."""
+        now = time.monotonic()
+        touched: set[str] = set()
         for trade in trades:
-            if trade.pair not in self._claimed and trade.pair not in new_pairs:
-                new_pairs[trade.pair] = (trade.trade_id, trade.timestamp_ms * 1000)
-        if new_pairs:
-            self._claim(new_pairs)
-        self.keep_claims_fresh()
+            state = self._pairs.get(trade.pair)
+            if state is None:
+                self._claim({trade.pair: (trade.trade_id, trade.time_us)})
+                state = self._pairs[trade.pair]
+            state.waiting.append(_Waiting(trade, now))
+            touched.add(trade.pair)
+        for pair in touched:
+            self._release(pair)
 
-    def keep_claims_fresh(self) -> None:
-        """Re-publish the claims when a heartbeat is due (they die after the lease)."""
-        if self._claimed and time.monotonic() - self._heartbeat_at >= HEARTBEAT_SECONDS:
-            for pair, from_id in self._claimed.items():
-                self.board.publish(pair, from_id, timeout_seconds=self._claim_timeout_seconds)
-            self._heartbeat_at = time.monotonic()
+    def service(self) -> None:
+        """Between frames: check the claim, take in heals and give-ups, expire holds."""
+        self.holder.ensure_held()
+        for result in self.healer.results():
+            if isinstance(result, Healed):
+                self._take_healed(result)
+            else:
+                self._hand_back(result)
+        now = time.monotonic()
+        for pair, state in self._pairs.items():
+            if state.waiting and now - state.waiting[0].since > self._hold_seconds:
+                self._stop_holding(pair, state)
+            self._release(pair)
 
-    def heal(self, gap: TradeGap) -> None:
-        """Fetch the missing ids from REST and write them before the trades that follow."""
-        self.stats.gaps += 1
-        wanted = range(gap.first_missing_id, gap.last_missing_id + 1)
-        if self.rest is not None:
-            self._fetch_and_write(gap, wanted)
-        present = self.writer.present.get(gap.pair, IdRanges())
-        missing = present.missing(wanted.start, wanted.stop - 1)
-        unhealed = sum(last - first + 1 for first, last in missing)
-        self.stats.unhealed += unhealed
-        if unhealed:
+    def drain(self, timeout_seconds: float) -> None:
+        """Wait (serving heals) until no hole below a written or waiting trade is open."""
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline and self.open_holes():
+            self.service()
+            self._sleep(0.05)
+        if self.open_holes():
             self._log.warning(
-                f"{gap.pair}: {unhealed} trade(s) could not be healed from REST {missing[:5]}; "
-                "the backfill of that day fills them"
-            )
-        else:
-            self._log.info(
-                f"{gap.pair}: healed ids {gap.first_missing_id}..{gap.last_missing_id} from REST"
+                f"Stopping with holes not healed yet: {self.open_holes()} (ids per pair); "
+                "they are left to the backfill of their day"
             )
 
-    def release(self) -> None:
-        """Give the tails back (clean stop): backfills may then fill any id again."""
-        for pair, from_id in self._claimed.items():
-            self.board.publish(pair, from_id, released=True)
+    def open_holes(self) -> dict[str, int]:
+        """Missing ids still being healed, per pair."""
+        return {
+            pair: len(state.blocking) + len(state.late)
+            for pair, state in self._pairs.items()
+            if len(state.blocking) + len(state.late)
+        }
 
-    def _wait_for_other_live_writers(self, pairs: list[str]) -> None:
-        """Two live writers of one pair would both write its tail: wait out the other's lease."""
-        deadline = time.monotonic() + LEASE_SECONDS + HEARTBEAT_SECONDS
-        while True:
-            claims = self.board.claims()
-            busy = {
-                pair: claims[pair].owner
-                for pair in pairs
-                if pair in claims
-                and claims[pair].owner != self.board.owner
-                and claims[pair].alive()
-            }
-            if not busy:
-                return
-            if time.monotonic() > deadline:
-                raise OtherLiveWriterError(
-                    f"pairs {busy} are being written by other live runs (owner ids shown); "
-                    "stop them or give this run other pairs"
-                )
-            self._log.warning(f"Waiting for other live writers of {busy} to stop or expire")
-            self._sleep(HEARTBEAT_SECONDS / 2)
+    def newest_written_ms(self) -> dict[str, int]:
+        """Per pair, the time (ms) of the newest trade written: the lag is now minus this."""
+        return {
+            pair: state.newest_written_ms
+            for pair, state in self._pairs.items()
+            if state.newest_written_ms is not None
+        }
+
+    @property
+    def limit_reached(self) -> bool:
+        """True once the write limit (a bounded run's max_trades) is reached."""
+        return self._write_limit is not None and self.writer.written >= self._write_limit
+
+    # --- internals -------------------------------------------------------------------------
 
     def _claim(self, claims: dict[str, tuple[int, int]]) -> None:
-        """Publish claims {pair: (from_id, time of from_id or just before it, µs)}."""
+        """Claim {pair: (from_id, exact time of the trade at or just before from_id, µs)}."""
         if not claims:
             return
         for pair, (from_id, _time_us) in claims.items():
-            self.board.publish(pair, from_id, timeout_seconds=self._claim_timeout_seconds)
-            self._claimed[pair] = from_id
+            self.holder.claim(pair, from_id, timeout_seconds=self._claim_timeout_seconds)
+            self._pairs[pair] = _PairTail(from_id=from_id)
             self.stats.claims += 1
-        self._heartbeat_at = time.monotonic()
-        from_ids = {pair: from_id for pair, (from_id, _) in claims.items()}
         overlapping = [pair for pair, (_, time_us) in claims.items() if backfill_may_reach(time_us)]
         if overlapping:
             # A backfill page that began before these claims were visible lands (or fails)
-            # within the grace period; reading the topic after it makes those ids known.
+            # within the grace period; reading the topic after it makes those ids known. The
+            # claim's heartbeats go on meanwhile (a thread).
             self._sleep(self._grace_seconds)
             for pair, found in scan_topic_ids(self.settings, overlapping).items():
                 self.writer.replace_present(pair, found.ids)
+        from_ids = {pair: from_id for pair, (from_id, _) in claims.items()}
         self._log.info(f"Claimed the tails {from_ids} (ids from which this run writes)")
 
-    def _fetch_and_write(self, gap: TradeGap, wanted: range) -> None:
-        assert self.rest is not None
-        # Kraken's clock (seconds) can lag the trade that revealed the gap: retry briefly.
-        for attempt in range(3):
-            try:
-                for rows in self.rest.trade_rows(
-                    gap.pair, gap.after_time_us, gap.before_time_us + 1
-                ):
-                    self.keep_claims_fresh()
-                    trades = [
-                        row.to_trade(gap.pair, source="heal")
-                        for row in rows
-                        if row.trade_id in wanted
-                    ]
-                    self.stats.healed += len(self.writer.write(trades))
-                return
-            except WindowNotClosedError:
-                self._sleep(1.0 + attempt)
-            except KrakenRestError as error:
-                self._log.warning(f"{gap.pair}: healing from REST failed: {error}")
-                return
+    def _release(self, pair: str) -> None:
+        """Write the pair's waiting trades that no open hole precedes."""
+        state = self._pairs[pair]
+        if not state.waiting:
+            return
+        lowest_hole = state.blocking.lowest
+        ready = 0
+        for waiting in state.waiting:
+            if lowest_hole is not None and waiting.trade.trade_id > lowest_hole:
+                break
+            ready += 1
+        if ready:
+            trades = [waiting.trade for waiting in state.waiting[:ready]]
+            del state.waiting[:ready]
+            self._write(state, trades)
+
+    def _take_healed(self, healed: Healed) -> None:
+        state = self._pairs[healed.pair]
+        now = time.monotonic()
+        late: list[Trade] = []
+        for trade in healed.trades:
+            trade_id = trade.trade_id
+            if trade_id in state.blocking:
+                state.blocking.remove(trade_id)
+                bisect.insort(state.waiting, _Waiting(trade, now), key=_waiting_id)
+            elif trade_id in state.late:
+                state.late.remove(trade_id)
+                late.append(trade)
+            # Otherwise handed back meanwhile: the backfill's now.
+        count = len(healed.trades)
+        self.stats.healed[healed.pair] = self.stats.healed.get(healed.pair, 0) + count
+        if late:
+            self.stats.healed_late += len(late)
+            self._write(state, late)
+
+    def _stop_holding(self, pair: str, state: _PairTail) -> None:
+        """The oldest waiting trade waited too long: its holes stop holding trades back."""
+        newest_waiting = state.waiting[-1].trade.trade_id
+        expired = state.blocking.within(state.from_id, newest_waiting)
+        for first, last in expired:
+            state.blocking.remove_range(first, last)
+            state.late.add_range(first, last)
+        count = sum(last - first + 1 for first, last in expired)
+        self.stats.released_out_of_order += count
+        self._log.warning(
+            f"{pair}: {count} missing trade(s) not healed within {self._hold_seconds:.0f}s "
+            f"(ids {expired[:3]}...); later trades are written now, the missing ones when healed"
+        )
+
+    def _hand_back(self, gave_up: GaveUp) -> None:
+        """Give holes the healer gave up on to the backfills; never write them from here."""
+        state = self._pairs[gave_up.pair]
+        handed = self.holder.hand_back(gave_up.pair, gave_up.ranges)
+        given = IdRanges(handed)
+        count = 0
+        for first, last in gave_up.ranges:
+            count += last - first + 1
+        for first, last in handed:
+            state.blocking.remove_range(first, last)
+            state.late.remove_range(first, last)
+        # Only when merging ranges (a bound on the claim's size) can waiting trades be among them.
+        state.waiting = [w for w in state.waiting if w.trade.trade_id not in given]
+        self.stats.handed_back[gave_up.pair] = self.stats.handed_back.get(gave_up.pair, 0) + count
+        self._log.warning(
+            f"{gave_up.pair}: gave up healing {count} trade(s) ({gave_up.reason}); handed back "
+            f"to the backfill of their day in the live claim: ids {gave_up.ranges[:5]}"
+        )
+
+    def _write(self, state: _PairTail, trades: list[Trade]) -> None:
+        """Write trades of one pair (after checking the claim), within the run's write limit."""
+        if self._write_limit is not None:
+            trades = trades[: max(0, self._write_limit - self.writer.written)]
+        if not trades:
+            return
+        below = [trade for trade in trades if trade.trade_id < state.from_id]
+        if below:
+            # Never expected: the stream resumes after the claim. Those ids are the backfill's.
+            self._log.error(f"Not writing {len(below)} trade(s) below the claim: {below[:3]}")
+            trades = [trade for trade in trades if trade.trade_id >= state.from_id]
+        self.holder.ensure_held()
+        self.writer.write(trades)
+        newest = max(trade.timestamp_ms for trade in trades)
+        if state.newest_written_ms is None or newest > state.newest_written_ms:
+            state.newest_written_ms = newest
+
+
+def _waiting_id(waiting: _Waiting) -> int:
+    return waiting.trade.trade_id

@@ -14,8 +14,9 @@ import pytest
 from confluent_kafka import Producer
 
 from trades_platform.coverage import window_leases
-from trades_platform.coverage.claims import (
-    ClaimBoard,
+from trades_platform.coverage.claims import ClaimBoard, TailClaimHolder
+from trades_platform.coverage.coverage_log import (
+    CLOCK_MARGIN_MS,
     client_config,
     coverage_topic,
     publish_and_wait,
@@ -131,14 +132,13 @@ def test_a_lease_whose_heartbeat_is_long_past_is_not_waited_for(broker: str) -> 
     settings = _settings(broker)
     ClaimBoard(settings).close()  # creates the coverage topic
     stale_ms = int(time.time() * 1000) - int(window_leases.LEASE_SECONDS * 1000)
-    stale_ms -= window_leases.CLOCK_MARGIN_MS + 1000
+    stale_ms -= CLOCK_MARGIN_MS + 1000
     stale = WindowLease("BTC/USD", *DAY_2, owner="crashed-last-week", acquired_ms=stale_ms)
     producer = Producer(client_config(settings))
     publish_and_wait(
         producer,
         coverage_topic(settings),
-        "window|BTC/USD|crashed-last-week",
-        stale.__dict__,
+        [("window|BTC/USD|crashed-last-week", stale.__dict__)],
         timeout_seconds=10,
         what="stale lease",
     )
@@ -148,14 +148,18 @@ def test_a_lease_whose_heartbeat_is_long_past_is_not_waited_for(broker: str) -> 
 
 def test_leases_and_tail_claims_share_the_topic_without_mixing(broker: str) -> None:
     settings = _settings(broker)
-    board = ClaimBoard(settings, owner="live")
+    live = TailClaimHolder(settings, ["BTC/USD"], lease_seconds=60, owner="live")
+    live.acquire()
+    board = ClaimBoard(settings, owner="observer")
     try:
-        board.publish("BTC/USD", 42)
+        live.claim("BTC/USD", 42, timeout_seconds=10)
         with _holding(settings, "BTC/USD", DAY_2, "backfill") as holder:
             time.sleep(window_leases.HEARTBEAT_SECONDS + 0.5)
-            assert {pair: claim.from_id for pair, claim in board.claims().items()} == {
-                "BTC/USD": 42
+            claims = board.read()
+            assert {pair: [o.claim.from_id for o in seen] for pair, seen in claims.items()} == {
+                "BTC/USD": [42]
             }
             assert holder.leases_ahead() == []
     finally:
         board.close()
+        live.release()

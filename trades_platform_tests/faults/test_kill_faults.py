@@ -45,10 +45,10 @@ def test_sigkill_of_a_live_run_then_the_next_run_recovers(broker: str, tmp_path:
     with SimulatorProcess(*live_flags()) as sim:
         env = cli_env(sim, broker, topic, tmp_path / "home", KRAKEN_REST_REQUESTS_PER_SECOND="20")
         with CliRun([*LIVE_JOB_COMMAND, "-c", str(unbounded)], env) as first:
-            first.wait_for_output("live trades written", timeout_seconds=120)
+            first.wait_for_output("trades written (", timeout_seconds=120)
             time.sleep(2)
             first.kill()
-        last_progress = [line for line in first.lines if "live trades written" in line][-1]
+        last_progress = [line for line in first.lines if "trades written (" in line][-1]
         # Reading what the killed run left also keeps the job down for a few seconds.
         left = read_topic(broker, topic, idle_seconds=3)
         with CliRun([*LIVE_JOB_COMMAND, "-c", str(bounded)], env) as second:

@@ -61,7 +61,7 @@ def _client(url: str, **overrides: Any) -> KrakenRestClient:
 
 
 def _rows(client: KrakenRestClient, pair: str, start_us: int, end_us: int) -> list[RestTradeRow]:
-    return [row for page in client.trade_rows(pair, start_us, end_us) for row in page]
+    return [row for page in client.window_pages(pair, start_us, end_us) for row in page.rows]
 
 
 def _expected(market: SimulatedMarket, pair: str, start_us: int, end_us: int) -> list[tuple]:

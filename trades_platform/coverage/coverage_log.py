@@ -1,0 +1,325 @@
+"""The coverage topic `<topic>.coverage` and the lease machinery its records share.
+
+Writers coordinate through this one-partition topic: the live writer's tail claims (claims.py)
+and the backfills' window leases (window_leases.py). Both follow one pattern:
+
+- an acquisition record under a key of its own, whose offset is the holder's place in line;
+- heartbeats from a thread (`Heartbeater`), each counted only when the broker acknowledged it
+  within a bound; a holder whose acknowledged heartbeats were ever further apart than its
+  *standing* bound, or whose last one is older than that, has lost its standing for good and
+  writes nothing more;
+- other writers judge a holder by watching its heartbeat change on their own monotonic clock
+  (`HeartbeatWatch`), never by comparing wall clocks of different hosts, except for records
+  older than the lease plus the clock margin (holders that died long ago).
+
+ARCHITECTURE.md has the argument that makes this an exclusion.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from trades_platform.producer import ProducerSettings
+from trades_platform.topic_reader import consumer_config, read_to_end
+
+logger = logging.getLogger(__name__)
+
+# Clocks of different hosts agree within this (ARCHITECTURE.md, assumption 2).
+CLOCK_MARGIN_MS = 10 * 60 * 1000
+# How often a waiter reads the coverage log again.
+POLL_SECONDS = 1.0
+
+
+def coverage_topic(settings: ProducerSettings) -> str:
+    """The coverage topic that goes with the trades topic."""
+    return f"{settings.topic}.coverage"
+
+
+def client_config(settings: ProducerSettings) -> dict[str, object]:
+    """The broker address and credentials of `settings`, for producers and admin clients."""
+    config = consumer_config(settings)
+    return {
+        name: value
+        for name, value in config.items()
+        if name in ("bootstrap.servers", "security.protocol", "sasl.mechanism")
+        or name.startswith(("sasl.", "ssl."))
+    }
+
+
+def coverage_producer(settings: ProducerSettings) -> Producer:
+    """An idempotent producer for coverage records (its retries never write a record twice)."""
+    return Producer({**client_config(settings), "enable.idempotence": True})
+
+
+def ensure_coverage_topic(settings: ProducerSettings) -> None:
+    """Create the compacted, single-partition coverage topic if it does not exist."""
+    admin = AdminClient(client_config(settings))
+    name = coverage_topic(settings)
+    if name in admin.list_topics(timeout=10).topics:
+        return
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                name,
+                num_partitions=1,
+                replication_factor=settings.replication_factor,
+                config={"cleanup.policy": "compact"},
+            )
+        ]
+    )
+    for future in futures.values():
+        try:
+            future.result(timeout=30)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def publish_and_wait(
+    producer: Producer,
+    topic: str,
+    records: list[tuple[str, dict[str, Any]]],
+    *,
+    timeout_seconds: float,
+    what: str,
+) -> None:
+    """Produce JSON records (key, value); TimeoutError naming `what` unless all are acknowledged."""
+    failures: list[KafkaError] = []
+
+    def on_delivery(error: KafkaError | None, _message: object) -> None:
+        if error is not None:
+            failures.append(error)
+
+    for key, value in records:
+        producer.produce(
+            topic, key=key.encode(), value=orjson.dumps(value), on_delivery=on_delivery
+        )
+    remaining = producer.flush(timeout_seconds)
+    if remaining or failures:
+        raise TimeoutError(
+            f"{what} not acknowledged by the broker: {failures[0] if failures else 'still queued'}"
+        )
+
+
+class CoverageLogReader:
+    """Reads `<topic>.coverage` incrementally: each call returns what was added since the last.
+
+    The log is input from other processes (and other versions): a record whose value is not a
+    JSON object is skipped and counted in `skipped`, never raised.
+    """
+
+    def __init__(self, settings: ProducerSettings) -> None:
+        self.topic = coverage_topic(settings)
+        self.skipped = 0
+        self._consumer = Consumer(consumer_config(settings))
+        self._next_offset = 0
+
+    def new_records(self, timeout_seconds: float = 30.0) -> list[tuple[int, str, dict[str, Any]]]:
+        """(offset, key, JSON object) of each record from where the last call stopped to the end."""
+        records = []
+        for message in read_to_end(
+            self._consumer, self.topic, {0: self._next_offset}, timeout_seconds=timeout_seconds
+        ):
+            self._next_offset = message.offset() + 1
+            try:
+                key = (message.key() or b"").decode()
+                value = orjson.loads(message.value() or b"null")
+            except (UnicodeDecodeError, orjson.JSONDecodeError):
+                value = None
+            if not isinstance(value, dict):
+                # A tombstone (null) or junk: nothing a holder could have meant.
+                self.skipped += 1
+                continue
+            records.append((message.offset(), key, value))
+        return records
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self._consumer.close()
+
+
+class Heartbeater:
+    """Publishes a holder's heartbeat records from a thread and keeps track of its standing.
+
+    A heartbeat counts only when the broker acknowledged all its records within `ack_seconds`.
+    The standing is lost for good when two counted heartbeats were sent more than
+    `standing_seconds` apart, when the last one is older than that, or when `check_after_beat`
+    (run after each counted heartbeat, e.g. to read the holder's records back) names a reason.
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        records: Callable[[int], list[tuple[str, dict[str, Any]]]],
+        *,
+        interval_seconds: float,
+        ack_seconds: float,
+        standing_seconds: float,
+        what: str,
+        on_failure: Callable[[str], None] | None = None,
+        check_after_beat: Callable[[], str | None] | None = None,
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._records = records
+        self._interval = interval_seconds
+        self._ack_seconds = ack_seconds
+        self.standing_seconds = standing_seconds
+        self._what = what
+        self._on_failure = on_failure
+        self._check_after_beat = check_after_beat
+        self._lock = threading.Lock()
+        self._last_acked_sent_at = 0.0
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._acked_beats = 0
+        self._acked = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self.beats = 0
+
+    def start(self, acquired_sent_at: float) -> None:
+        """Start beating; the acquisition, sent at `acquired_sent_at` (monotonic), was acked."""
+        self._last_acked_sent_at = acquired_sent_at
+        self._thread = threading.Thread(target=self._loop, name=self._what, daemon=True)
+        self._thread.start()
+
+    def beat_now(self, wait_seconds: float | None = None) -> bool:
+        """Send a heartbeat now; with `wait_seconds`, wait for it: True once one was counted."""
+        with self._lock:
+            target = self._acked_beats + 1
+        self._wake.set()
+        if wait_seconds is None:
+            return False
+        with self._acked:
+            return self._acked.wait_for(
+                lambda: self._acked_beats >= target or self._lost is not None, wait_seconds
+            ) and (self._lost is None)
+
+    def lost_reason(self) -> str | None:
+        """Why the standing is lost, or None while it is held."""
+        with self._lock:
+            if self._lost is None:
+                silent = time.monotonic() - self._last_acked_sent_at
+                if silent > self.standing_seconds:
+                    self._lost = f"no heartbeat acknowledged for {silent:.1f}s"
+            return self._lost
+
+    def mark_lost(self, reason: str) -> None:
+        """Give up the standing for good (the first reason is kept)."""
+        with self._acked:
+            if self._lost is None:
+                self._lost = reason
+            self._acked.notify_all()
+
+    def stop(self) -> None:
+        """Stop beating and wait for the thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            # A holder that lost its standing stays silent: a watcher then sees it over.
+            if self._stop.is_set() or self.lost_reason() is not None:
+                return
+            self.beats += 1
+            sent_at = time.monotonic()
+            try:
+                publish_and_wait(
+                    self._producer,
+                    self._topic,
+                    self._records(self.beats),
+                    timeout_seconds=self._ack_seconds,
+                    what=f"{self._what} heartbeat {self.beats}",
+                )
+            except (TimeoutError, KafkaException, BufferError) as error:
+                self._report(f"heartbeat {self.beats} not acknowledged ({error})")
+                continue
+            with self._acked:
+                gap = sent_at - self._last_acked_sent_at
+                if gap > self.standing_seconds and self._lost is None:
+                    self._lost = f"{gap:.1f}s between acknowledged heartbeats"
+                self._last_acked_sent_at = sent_at
+            reason = self._safe_check()
+            if reason is not None:
+                self.mark_lost(reason)
+            with self._acked:
+                self._acked_beats += 1
+                self._acked.notify_all()
+
+    def _safe_check(self) -> str | None:
+        if self._check_after_beat is None:
+            return None
+        try:
+            return self._check_after_beat()
+        except (TimeoutError, KafkaException) as error:
+            # Not a loss by itself: the standing bound covers a broker that stays away.
+            self._report(f"could not read the heartbeat back ({error})")
+            return None
+
+    def _report(self, reason: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure(f"{self._what}: {reason}")
+        else:
+            logger.warning(f"{self._what}: {reason}")
+
+
+Liveness = Literal["alive", "unknown", "ended"]
+
+
+@dataclass(frozen=True)
+class Watched:
+    """What this process has seen of another holder's heartbeat."""
+
+    liveness: Liveness
+    # Seconds this process has watched the current heartbeat stand still.
+    silent_seconds: float
+
+
+@dataclass
+class _WatchEntry:
+    heartbeat: tuple[int, int]
+    since: float
+    changed_seen: bool
+
+
+class HeartbeatWatch:
+    """Judges other holders by watching their heartbeats change on the local monotonic clock.
+
+    - `ended`: the heartbeat stood still for the holder's lease while watched, or it is older
+      than the lease plus the clock margin by the wall clock (a holder that died long ago);
+    - `alive`: the heartbeat was seen to change, and not longer ago than the lease;
+    - `unknown`: not watched long enough to tell: treat as alive.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._entries: dict[str, _WatchEntry] = {}
+
+    def observe(self, holder: str, heartbeat: tuple[int, int], lease_seconds: float) -> Watched:
+        """Record the holder's latest heartbeat (number, wall-clock ms) and judge it."""
+        now = self._clock()
+        entry = self._entries.get(holder)
+        if entry is None:
+            entry = self._entries[holder] = _WatchEntry(heartbeat, now, changed_seen=False)
+        elif entry.heartbeat != heartbeat:
+            entry.heartbeat, entry.since, entry.changed_seen = heartbeat, now, True
+        silent = now - entry.since
+        age_ms = time.time() * 1000 - heartbeat[1]
+        if silent >= lease_seconds or age_ms > lease_seconds * 1000 + CLOCK_MARGIN_MS:
+            return Watched("ended", silent)
+        return Watched("alive" if entry.changed_seen else "unknown", silent)
