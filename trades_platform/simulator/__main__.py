@@ -38,8 +38,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the CLI's argument parser."""
+    defaults = SimulatorConfig()
     parser = argparse.ArgumentParser(
         prog="python -m trades_platform.simulator",
         description=(
@@ -69,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=5.0,
         help="trades per second per pair, in simulated time (default: %(default)s)",
+    )
+    add(
+        "--trades-per-match",
+        type=_positive_int,
+        default=defaults.trades_per_match,
+        metavar="K",
+        help="consecutive trade ids come in matches of K sharing one timestamp, like the fills "
+        "of one order; the average rate stays --trades-per-second (default: %(default)s)",
     )
     add(
         "--tick-ms",
@@ -132,6 +148,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="answer the next N Trades/AssetPairs requests with rate-limit errors",
     )
+    faults.add_argument(
+        "--omit-every-nth-id",
+        type=_count,
+        metavar="N",
+        help="silently leave out of update frames (not snapshots) every trade whose id is a "
+        "multiple of N",
+    )
+    faults.add_argument(
+        "--omit-same-timestamp-followers",
+        action="store_true",
+        help="silently leave out of update frames every trade with the same timestamp as the "
+        "id before it: only the first fill of a match arrives (see --trades-per-match)",
+    )
+    faults.add_argument(
+        "--rest-unavailable",
+        action="store_true",
+        help="answer every Trades request with HTTP 503 EService:Unavailable",
+    )
+    faults.add_argument(
+        "--rest-delay-seconds",
+        type=_non_negative_float,
+        default=defaults.faults.rest_delay_seconds,
+        metavar="S",
+        help="hold every Trades answer S seconds before sending it (default: %(default)s)",
+    )
     add(
         "--log-level",
         default="INFO",
@@ -154,6 +195,10 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
             "stall_seconds": args.stall_seconds,
             "malformed_every_frames": args.malformed_every_frames,
             "rest_rate_limit_next": args.rest_rate_limit_next,
+            "omit_every_nth_id": args.omit_every_nth_id,
+            "omit_same_timestamp_followers": args.omit_same_timestamp_followers,
+            "rest_unavailable": args.rest_unavailable,
+            "rest_delay_seconds": args.rest_delay_seconds,
         }
     )
     return SimulatorConfig(
@@ -161,6 +206,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         port=args.port,
         pairs=pairs,
         trades_per_second=args.trades_per_second,
+        trades_per_match=args.trades_per_match,
         tick_ms=args.tick_ms,
         start_time_us=None if args.start_time is None else parse_start_time(args.start_time),
         speed=args.speed,

@@ -21,6 +21,7 @@ class SimulatorConfig:
     port: int = 8765  # 0 picks a free port; Simulator.port tells which
     pairs: tuple[str, ...] = DEFAULT_PAIRS  # WebSocket v2 names
     trades_per_second: float = 5.0  # per pair, in simulated time
+    trades_per_match: int = 1  # consecutive ids sharing one timestamp, like one order's fills
     tick_ms: float = 50.0  # how often each connection's send loop looks for new trades
     start_time_us: int | None = None  # simulated time at start; None means real now
     speed: float = 1.0  # simulated seconds per real second
@@ -69,6 +70,8 @@ class Stats:
     connections_accepted: int = 0
     connections_open: int = 0
     trades_sent: Counter[str] = field(default_factory=Counter)
+    # Trades a connection skipped in update frames (omit_* faults), per pair.
+    trades_left_out: Counter[str] = field(default_factory=Counter)
     frames_sent: int = 0
     trade_frames_sent: int = 0
     heartbeats_sent: int = 0
@@ -77,6 +80,7 @@ class Stats:
     # Trades answered by /0/public/Trades, per pair (pages that overlap count twice).
     rest_trades_sent: Counter[str] = field(default_factory=Counter)
     rate_limit_errors: int = 0
+    rest_unavailable_answers: int = 0
     drops: int = 0
     stalls: int = 0
 
@@ -87,6 +91,8 @@ class Stats:
             "connections_open": self.connections_open,
             "trades_sent": dict(sorted(self.trades_sent.items())),
             "trades_sent_total": sum(self.trades_sent.values()),
+            "trades_left_out": dict(sorted(self.trades_left_out.items())),
+            "trades_left_out_total": sum(self.trades_left_out.values()),
             "frames_sent": self.frames_sent,
             "trade_frames_sent": self.trade_frames_sent,
             "heartbeats_sent": self.heartbeats_sent,
@@ -94,6 +100,7 @@ class Stats:
             "rest_requests": self.rest_requests,
             "rest_trades_sent": dict(sorted(self.rest_trades_sent.items())),
             "rate_limit_errors": self.rate_limit_errors,
+            "rest_unavailable_answers": self.rest_unavailable_answers,
             "drops": self.drops,
             "stalls": self.stalls,
         }

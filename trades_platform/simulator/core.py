@@ -32,7 +32,10 @@ class SimulatorCore:
         self.config = config
         self.pairs: tuple[PairInfo, ...] = resolve_pairs(config.pairs)
         self.market = SimulatedMarket(
-            [p.name for p in self.pairs], config.trades_per_second, config.epoch_us
+            [p.name for p in self.pairs],
+            config.trades_per_second,
+            config.epoch_us,
+            config.trades_per_match,
         )
         start = config.start_time_us if config.start_time_us is not None else real_now_us()
         self.clock = SimClock(start, config.speed)
@@ -70,6 +73,19 @@ class SimulatorCore:
     def trade(self, symbol: str, trade_id: int) -> SimulatedTrade:
         """Return one trade of a traded pair."""
         return self.market.trade(symbol, trade_id)
+
+    def left_out(self, symbol: str, trade_id: int) -> bool:
+        """Whether the omit_* faults keep this trade out of update frames."""
+        nth = self.faults.omit_every_nth_id
+        if nth and trade_id % nth == 0:
+            return True
+        # Decided by id, not by position in a frame: a match split across two frames (or two
+        # ticks) still loses exactly its followers.
+        return (
+            self.faults.omit_same_timestamp_followers
+            and trade_id > 1
+            and self.market.time_us(symbol, trade_id - 1) == self.market.time_us(symbol, trade_id)
+        )
 
     def _trade_item_json(self, symbol: str, trade_id: int) -> str:
         trade = self.market.trade(symbol, trade_id)

@@ -45,6 +45,15 @@ class FaultSwitches:
     malformed_every_frames: int | None = None
     # Answer the next N REST data requests with rate-limit errors.
     rest_rate_limit_next: int = 0
+    # Leave out of update frames every trade whose id is a multiple of N (krakenfx/api-go #36).
+    omit_every_nth_id: int | None = None
+    # Leave out of update frames every trade sharing its timestamp with the id before it, so
+    # only the first fill of each match arrives (krakenfx/api-go #36).
+    omit_same_timestamp_followers: bool = False
+    # Answer every /0/public/Trades request with HTTP 503 EService:Unavailable.
+    rest_unavailable: bool = False
+    # Hold every /0/public/Trades answer this long before sending it.
+    rest_delay_seconds: float = 0.0
     # Which RATE_LIMIT_ANSWERS entry the next forced rate-limit error uses.
     rate_limit_cycle: int = dataclasses.field(default=0, repr=False)
 
@@ -56,16 +65,32 @@ class FaultSwitches:
             "stall_seconds": self.stall_seconds,
             "malformed_every_frames": self.malformed_every_frames,
             "rest_rate_limit_next": self.rest_rate_limit_next,
+            "omit_every_nth_id": self.omit_every_nth_id,
+            "omit_same_timestamp_followers": self.omit_same_timestamp_followers,
+            "rest_unavailable": self.rest_unavailable,
+            "rest_delay_seconds": self.rest_delay_seconds,
         }
+
+    @property
+    def omits_trades(self) -> bool:
+        """Whether any switch leaves trades out of update frames."""
+        return bool(self.omit_every_nth_id) or self.omit_same_timestamp_followers
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Apply a subset of switches atomically; ValueError (nothing applied) if invalid."""
         parsed: dict[str, Any] = {}
         for name, value in changes.items():
-            if name in ("drop_after_trades", "stall_after_trades", "malformed_every_frames"):
+            if name in (
+                "drop_after_trades",
+                "stall_after_trades",
+                "malformed_every_frames",
+                "omit_every_nth_id",
+            ):
                 parsed[name] = _optional_count(name, value)
-            elif name == "stall_seconds":
+            elif name in ("stall_seconds", "rest_delay_seconds"):
                 parsed[name] = _seconds(name, value)
+            elif name in ("omit_same_timestamp_followers", "rest_unavailable"):
+                parsed[name] = _flag(name, value)
             elif name == "rest_rate_limit_next":
                 parsed[name] = _optional_count(name, value) or 0
             else:
@@ -90,6 +115,13 @@ def _optional_count(name: str, value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer or null, got {value!r}")
     return value or None
+
+
+def _flag(name: str, value: Any) -> bool:
+    """Accept true or false only: a 0/1 or a string is more likely a mistake than intent."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def _seconds(name: str, value: Any) -> float:

@@ -2,6 +2,9 @@
 
 Nothing is stored, so WebSocket and REST agree on every trade by construction, any past
 range can be served in O(1) per trade, and restarts reproduce the same history.
+
+Trades may come in matches of `trades_per_match` consecutive ids sharing one timestamp, as the
+fills of one taker order do on Kraken; the average rate stays `trades_per_second`.
 """
 
 from __future__ import annotations
@@ -63,15 +66,26 @@ class SimulatedMarket:
     """Trade times, ids and values for a set of pairs at a fixed rate per pair."""
 
     def __init__(
-        self, pairs: Sequence[str], trades_per_second: float, epoch_us: int = EPOCH_US
+        self,
+        pairs: Sequence[str],
+        trades_per_second: float,
+        epoch_us: int = EPOCH_US,
+        trades_per_match: int = 1,
     ) -> None:
         if not trades_per_second > 0 or not math.isfinite(trades_per_second):
             raise ValueError(f"trades_per_second must be a positive number: {trades_per_second}")
+        if (
+            isinstance(trades_per_match, bool)
+            or not isinstance(trades_per_match, int)
+            or trades_per_match < 1
+        ):
+            raise ValueError(f"trades_per_match must be an integer >= 1: {trades_per_match!r}")
         # Exact rational rate: (i - 1) * 1e6 / rate == (i - 1) * _num_us / _den, integer maths
         # only, so that time -> id inversion is exact at every boundary (floats are not).
         rate = Fraction(str(float(trades_per_second)))
         self.trades_per_second = float(trades_per_second)
         self.epoch_us = epoch_us
+        self.trades_per_match = trades_per_match
         self._num_us = 1_000_000 * rate.denominator
         self._den = rate.numerator
         interval_floor = self._num_us // self._den
@@ -98,16 +112,21 @@ class SimulatedMarket:
         if trade_id < 1:
             raise ValueError(f"trade ids start at 1: {trade_id}")
         model = self._models[pair]
-        return self.epoch_us + model.offset_us + (trade_id - 1) * self._num_us // self._den
+        # A match's trades all take the time its first id would have had without matches.
+        k = trade_id - 1
+        k -= k % self.trades_per_match
+        return self.epoch_us + model.offset_us + k * self._num_us // self._den
 
     def first_id_at_or_after(self, pair: str, time_us: int) -> int:
         """Return the smallest trade id whose time_us >= time_us (at least 1)."""
         delta = time_us - self.epoch_us - self._models[pair].offset_us
         if delta <= 0:
             return 1
-        # floor(k * num / den) >= delta  <=>  k * num >= delta * den  (delta is an integer)
-        k = -((-delta * self._den) // self._num_us)
-        return k + 1
+        # Match m (ids m*K+1 .. m*K+K) is at floor(m * K * num / den), and that is >= delta
+        # <=>  m * K * num >= delta * den  (delta is an integer): m = ceil(delta * den / (K * num)).
+        per_match = self.trades_per_match
+        first_match = -((-delta * self._den) // (per_match * self._num_us))
+        return first_match * per_match + 1
 
     def last_id_at_or_before(self, pair: str, time_us: int) -> int:
         """Return the largest trade id whose time_us <= time_us (0 if none yet)."""

@@ -14,6 +14,7 @@ from trades_platform.simulator.pairs import PairInfo
 INVALID_ARGUMENTS = "EGeneral:Invalid arguments"
 UNKNOWN_PAIR = "EQuery:Unknown asset pair"
 RATE_LIMITED = "EAPI:Rate limit exceeded"
+UNAVAILABLE = "EService:Unavailable"  # with HTTP 503, when Kraken's backend is down
 MAX_COUNT = 1000
 # Kraken reads a `since` below this as seconds, at or above it as nanoseconds.
 _SECONDS_LIMIT = Decimal(10**12)
@@ -157,6 +158,8 @@ def system_status(core: SimulatorCore, params: Params) -> RestAnswer:
 
 # Endpoints the rest_rate_limit_next fault applies to (the data endpoints).
 RATE_LIMITED_BY_FAULT = frozenset({"Trades", "AssetPairs"})
+# Endpoints the rest_unavailable and rest_delay_seconds faults apply to (what backfills page).
+DOWN_OR_DELAYED_BY_FAULT = frozenset({"Trades"})
 
 ENDPOINTS = {
     "Trades": trades,

@@ -7,6 +7,7 @@ websockets' `process_request` hook answers any request that is not a WebSocket h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import http
 import json
@@ -33,6 +34,9 @@ REST_PREFIX = "/0/public/"
 CONTROL_PREFIX = "/_simulator/"
 MAX_BODY_BYTES = 64 * 1024
 _MAX_HEAD_BYTES = 16 * 1024
+# websockets' open_timeout would also cut short a REST answer delayed by rest_delay_seconds, so
+# it is off and _BodyReadingConnection gives clients this long for their request instead.
+REQUEST_TIMEOUT_SECONDS = 10.0
 _CONTENT_LENGTH = re.compile(
     rb"^content-length:[ \t]*(\d+)[ \t]*\r\n", re.IGNORECASE | re.MULTILINE
 )
@@ -49,6 +53,18 @@ class _BodyReadingConnection(ServerConnection):
         super().__init__(*args, **kwargs)
         self.request_body = b""
         self._head: bytearray | None = bytearray()  # None once handed to websockets
+        self._request_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the clock for the request to arrive."""
+        super().connection_made(transport)
+        self._request_timer = asyncio.get_running_loop().call_later(
+            REQUEST_TIMEOUT_SECONDS, self._request_timed_out
+        )
+
+    def _request_timed_out(self) -> None:
+        if self._head is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         """Buffer the request head (and body) until complete, then let websockets parse."""
@@ -74,6 +90,8 @@ class _BodyReadingConnection(ServerConnection):
 
     def _hand_over(self, data: bytes) -> None:
         self._head = None
+        if self._request_timer is not None:
+            self._request_timer.cancel()
         super().data_received(data)
 
 
@@ -103,6 +121,7 @@ class Simulator:
             else None
         )
         self._server: Server | None = None
+        self._stopping = asyncio.Event()
         self.port: int = config.port
 
     @property
@@ -117,6 +136,7 @@ class Simulator:
 
     async def start(self) -> None:
         """Bind and start serving; sets `port` when the config asked for port 0."""
+        self._stopping.clear()
         self._server = await serve(
             self._handle_websocket,
             self.config.host,
@@ -129,6 +149,7 @@ class Simulator:
             compression=None,
             # Shutting down must not wait 10 s for clients that never answer a close frame.
             close_timeout=2.0,
+            open_timeout=None,  # see REQUEST_TIMEOUT_SECONDS
             server_header="kraken-simulator",
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -142,6 +163,7 @@ class Simulator:
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
+        self._stopping.set()  # delayed REST answers go out now instead of holding up the stop
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -157,28 +179,52 @@ class Simulator:
     async def _handle_websocket(self, ws: ServerConnection) -> None:
         await WsSession(ws, self.core).run()
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         url = urlsplit(request.path)
         if url.path == WS_PATH:
             return None  # websockets answers 426 itself if this is not an upgrade
         params = parse_qs(url.query, keep_blank_values=True)
         if url.path.startswith(REST_PREFIX):
-            return self._public_rest(connection, url.path[len(REST_PREFIX) :], params)
+            return await self._public_rest(connection, url.path[len(REST_PREFIX) :], params)
         if url.path.startswith(CONTROL_PREFIX):
             body = getattr(connection, "request_body", b"")
             return self._control(request.method, url.path[len(CONTROL_PREFIX) :], body)
         return json_response(404, {"error": ["EGeneral:Unknown method"]})
 
-    def _public_rest(
+    async def _public_rest(
         self, connection: ServerConnection, endpoint: str, params: dict[str, list[str]]
     ) -> Response:
         handler = rest.ENDPOINTS.get(endpoint)
         if handler is None:
             return json_response(404, {"error": ["EGeneral:Unknown method"]})
+        self.core.stats.rest_requests += 1
+        response = self._rest_response(connection, endpoint, handler, params)
+        delay = self.core.faults.rest_delay_seconds
+        if delay > 0 and endpoint in rest.DOWN_OR_DELAYED_BY_FAULT:
+            # Only this request waits (each connection has its own task): the WebSocket side
+            # and other HTTP requests carry on meanwhile.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+        return response
+
+    def _rest_response(
+        self,
+        connection: ServerConnection,
+        endpoint: str,
+        handler: Callable[[SimulatorCore, rest.Params], rest.RestAnswer],
+        params: dict[str, list[str]],
+    ) -> Response:
         stats = self.core.stats
-        stats.rest_requests += 1
+        faults = self.core.faults
+        if faults.rest_unavailable and endpoint in rest.DOWN_OR_DELAYED_BY_FAULT:
+            # Down means down: no rate-limit token or forced rate-limit answer is used up.
+            stats.rest_unavailable_answers += 1
+            return json_response(503, {"error": [rest.UNAVAILABLE]})
         if endpoint in rest.RATE_LIMITED_BY_FAULT:
-            forced = self.core.faults.take_rate_limit_answer()
+            forced = faults.take_rate_limit_answer()
             if forced is not None:
                 stats.rate_limit_errors += 1
                 status, message = forced
@@ -217,6 +263,7 @@ class Simulator:
         return {
             "pairs": [p.name for p in self.core.pairs],
             "trades_per_second": config.trades_per_second,
+            "trades_per_match": config.trades_per_match,
             "tick_ms": config.tick_ms,
             "start_time_us": self.core.clock.start_us,
             "speed": config.speed,

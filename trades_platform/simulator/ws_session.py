@@ -288,36 +288,60 @@ class WsSession:
 
     async def _emit(self, subscription: _Subscription, kind: str, first: int, last: int) -> bool:
         """Send trades first..last in one frame, cut short by drop/stall; False if one fired."""
-        count = max(0, last - first + 1)
         budget = self._trade_budget()
-        if budget is not None:
-            if budget <= 0 and count > 0:
-                await self._fire_fault()
-                return False
-            count = min(count, budget)
+        if budget is not None and budget <= 0 and last >= first:
+            await self._fire_fault()
+            return False
         symbol = subscription.symbol
-        item = self.core.trade_item_json
-        items = ",".join(item(symbol, trade_id) for trade_id in range(first, first + count))
-        await self._send(f'{{"channel":"trade","type":"{kind}","data":[{items}]}}')
-        if count:
-            subscription.cursor = first + count - 1
+        ids, through = self._pick(symbol, kind, first, last, budget)
+        left_out = through - first + 1 - len(ids)
+        stats = self.core.stats
+        # An update whose trades were all left out is not sent at all: Kraken's gaps are silent.
+        if ids or kind == "snapshot":
+            item = self.core.trade_item_json
+            items = ",".join(item(symbol, trade_id) for trade_id in ids)
+            await self._send(f'{{"channel":"trade","type":"{kind}","data":[{items}]}}')
+            stats.trade_frames_sent += 1
+            self.trade_frames_sent += 1
+            every = self.core.faults.malformed_every_frames
+            if every and self.trade_frames_sent % every == 0:
+                now_iso = self.core.now_iso()
+                await self._send(malformed_frame(self.malformed_index, symbol, now_iso))
+                self.malformed_index += 1
+                stats.malformed_frames_sent += 1
+        if through >= first:
+            # Left-out trades are never sent later: the cursor passes them too.
+            subscription.cursor = through
         elif subscription.cursor is None:
             subscription.cursor = last  # an empty snapshot: no trades yet
-        self.trades_sent += count
-        stats = self.core.stats
-        stats.trades_sent[symbol] += count
-        stats.trade_frames_sent += 1
-        self.trade_frames_sent += 1
-        every = self.core.faults.malformed_every_frames
-        if every and self.trade_frames_sent % every == 0:
-            await self._send(malformed_frame(self.malformed_index, symbol, self.core.now_iso()))
-            self.malformed_index += 1
-            stats.malformed_frames_sent += 1
+        self.trades_sent += len(ids)
+        stats.trades_sent[symbol] += len(ids)
+        if left_out:
+            stats.trades_left_out[symbol] += left_out
         budget = self._trade_budget()
         if budget is not None and budget <= 0:
             await self._fire_fault()
             return False
         return True
+
+    def _pick(
+        self, symbol: str, kind: str, first: int, last: int, budget: int | None
+    ) -> tuple[list[int], int]:
+        """Choose the ids to send from first..last; also return the last id looked at."""
+        if kind != "update" or not self.core.faults.omits_trades:
+            count = max(0, last - first + 1)
+            if budget is not None:
+                count = min(count, max(0, budget))
+            return list(range(first, first + count)), first + count - 1
+        # Budgets count trades sent, so stop right after the budget's last sent trade.
+        left_out = self.core.left_out
+        ids: list[int] = []
+        trade_id = first - 1
+        while trade_id < last and (budget is None or len(ids) < budget):
+            trade_id += 1
+            if not left_out(symbol, trade_id):
+                ids.append(trade_id)
+        return ids, trade_id
 
     async def _fire_fault(self) -> None:
         faults = self.core.faults

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ import pytest
 import websocket
 import websockets
 
+from trades_platform.simulator.market import SimulatedMarket
+
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"^kraken simulator ready (?P<ws>ws://\S+/v2) rest (?P<rest>http://\S+)$")
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -34,6 +37,10 @@ FAULTS_OFF = {
     "stall_seconds": 5.0,
     "malformed_every_frames": None,
     "rest_rate_limit_next": 0,
+    "omit_every_nth_id": None,
+    "omit_same_timestamp_followers": False,
+    "rest_unavailable": False,
+    "rest_delay_seconds": 0.0,
 }
 TRADE_KEYS = ["symbol", "side", "price", "qty", "ord_type", "trade_id", "timestamp"]
 
@@ -186,6 +193,39 @@ def assert_consecutive(ids: list[int]) -> None:
     """Ids must go up by exactly one each time."""
     assert ids, "no trades"
     assert ids == list(range(ids[0], ids[0] + len(ids))), "ids are not consecutive"
+
+
+def ids_by_kind(frames: list[tuple[float, str]], symbol: str) -> tuple[list[int], list[int]]:
+    """Trade ids of a symbol from its snapshot frames and from its update frames."""
+    snapshot: list[int] = []
+    updates: list[int] = []
+    for _, text in frames:
+        message = json.loads(text)
+        if message.get("channel") == "trade":
+            ids = [item["trade_id"] for item in message["data"] if item["symbol"] == symbol]
+            (snapshot if message["type"] == "snapshot" else updates).extend(ids)
+    return snapshot, updates
+
+
+def rest_rows(sim: Sim, rest_name: str, since_ns: int, through_id: int) -> list[list[Any]]:
+    """Page /0/public/Trades from since_ns until through_id is covered; rows without repeats."""
+    rows: dict[int, list[Any]] = {}
+    while not rows or max(rows) < through_id:
+        status, _, body = sim.get(f"/0/public/Trades?pair={rest_name}&since={since_ns}")
+        assert status == 200 and body["error"] == [], body
+        (page,) = [v for k, v in body["result"].items() if k != "last"]
+        assert page, "REST ran out of trades"
+        rows.update((row[6], row) for row in page)
+        since_ns = int(body["result"]["last"])
+    return [rows[trade_id] for trade_id in sorted(rows)]
+
+
+def wait_for_no_connections(sim: Sim) -> None:
+    """Wait until the simulator has seen every WebSocket close."""
+    deadline = time.monotonic() + 5
+    while sim.stats()["connections_open"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sim.stats()["connections_open"] == 0
 
 
 # -- WebSocket ---------------------------------------------------------------------------
@@ -585,6 +625,159 @@ def test_stats_count_what_was_sent(sim: Sim) -> None:
     assert stats["rest_trades_sent"]["ETH/USD"] == before["rest_trades_sent"].get("ETH/USD", 0) + 7
 
 
+def test_fault_omit_every_nth_id_leaves_trades_out_of_updates_silently(sim: Sim) -> None:
+    before = sim.stats()
+    state = sim.set_faults(omit_every_nth_id=7)
+    assert state == {**FAULTS_OFF, "omit_every_nth_id": 7}
+    ws = connect(sim)
+    try:
+        subscribe(ws, ["BTC/USD"], 1, snapshot=True)
+        frames = collect(ws, 2.5)
+    finally:
+        ws.close()
+    snapshot, updates = ids_by_kind(frames, "BTC/USD")
+    assert len(snapshot) == 50, "snapshots keep every trade"
+    assert_consecutive(snapshot)
+    assert len(updates) > RATE
+    covered = range(snapshot[-1] + 1, updates[-1] + 1)
+    assert updates == [i for i in covered if i % 7], "exactly the multiples of 7 are missing"
+    # Nothing else changes: no error, no reconnect, heartbeats keep coming.
+    messages = [json.loads(text) for _, text in frames]
+    assert messages.count({"channel": "heartbeat"}) >= 2
+    assert {m.get("channel") for m in messages} == {"trade", "heartbeat", None}  # None: the ack
+    assert all(m.get("success", True) for m in messages)
+
+    first_time_ns = iso_to_us(trades_of(frames, "BTC/USD")[0]["timestamp"]) * 1000
+    rows = rest_rows(sim, "XBTUSD", first_time_ns, updates[-1])
+    rest_ids = [row[6] for row in rows]
+    assert_consecutive(rest_ids)
+    assert set(covered) <= set(rest_ids), "REST still has the left-out trades"
+
+    stats = sim.stats()
+    left_out = [i for i in covered if i % 7 == 0]
+    assert len(left_out) >= 5
+    got = stats["trades_left_out"]["BTC/USD"] - before["trades_left_out"].get("BTC/USD", 0)
+    assert got >= len(left_out)
+    assert stats["trades_left_out_total"] == sum(stats["trades_left_out"].values())
+    sent = stats["trades_sent"]["BTC/USD"] - before["trades_sent"].get("BTC/USD", 0)
+    assert sent >= len(snapshot) + len(updates)
+
+
+def test_fault_drop_counts_sent_trades_when_some_are_left_out(sim: Sim) -> None:
+    sim.set_faults(omit_every_nth_id=3, drop_after_trades=120)
+    ws = connect(sim)
+    subscribe(ws, ["BTC/USD"], 1, snapshot=True)
+    frames: list[tuple[float, str]] = []
+    with pytest.raises(websocket.WebSocketConnectionClosedException):
+        for _ in range(1000):
+            frames.append((time.monotonic(), ws.recv()))
+    ws.close()
+    snapshot, updates = ids_by_kind(frames, "BTC/USD")
+    assert len(snapshot) + len(updates) == 120, "the budget counts what was sent"
+    assert updates == [i for i in range(snapshot[-1] + 1, updates[-1] + 1) if i % 3]
+
+
+def test_fault_stall_counts_sent_trades_and_resumes_past_left_out_ones(sim: Sim) -> None:
+    sim.set_faults(omit_every_nth_id=3, stall_after_trades=80, stall_seconds=1.2)
+    ws = connect(sim)
+    try:
+        subscribe(ws, ["BTC/USD"], 1, snapshot=True)
+        frames = collect(ws, 4.0)
+    finally:
+        ws.close()
+    arrivals = [at for at, _ in frames]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    stall = gaps.index(max(gaps))
+    assert max(gaps) >= 1.0, "the stall happened"
+    before_stall = trades_of(frames[: stall + 1], "BTC/USD")
+    assert len(before_stall) == 80, "the stall starts right after the 80th trade sent"
+    snapshot, updates = ids_by_kind(frames, "BTC/USD")
+    assert len(updates) > 80
+    covered = range(snapshot[-1] + 1, updates[-1] + 1)
+    assert updates == [i for i in covered if i % 3], "no gap but the left-out ids, no repeat"
+
+
+def test_fault_rest_unavailable_answers_trades_with_503(sim: Sim) -> None:
+    before = sim.stats()
+    state = sim.set_faults(rest_unavailable=True, rest_rate_limit_next=1)
+    assert state == {**FAULTS_OFF, "rest_unavailable": True, "rest_rate_limit_next": 1}
+    for query in ("pair=XBTUSD&count=1", "pair=ETHUSD", "pair=NOPE"):
+        status, _, body = sim.get(f"/0/public/Trades?{query}")
+        assert (status, body) == (503, {"error": ["EService:Unavailable"]})
+    assert sim.get("/_simulator/faults")[2]["rest_rate_limit_next"] == 1, "down: nothing used up"
+    status, _, body = sim.get("/0/public/Time")
+    assert status == 200 and body["error"] == [], "only Trades is down"
+    status, _, body = sim.get("/0/public/AssetPairs")
+    assert body == {"error": ["EAPI:Rate limit exceeded"]}, "the forced rate limit still applies"
+    stats = sim.stats()
+    assert stats["rest_unavailable_answers"] == before["rest_unavailable_answers"] + 3
+    assert stats["rest_requests"] == before["rest_requests"] + 5
+
+    sim.set_faults(rest_unavailable=False)
+    status, _, body = sim.get("/0/public/Trades?pair=XBTUSD&count=1")
+    assert status == 200 and len(body["result"]["XXBTZUSD"]) == 1
+
+
+def test_fault_rest_delay_holds_trades_answers_and_nothing_else(sim: Sim) -> None:
+    delay = 2.0
+    state = sim.set_faults(rest_delay_seconds=delay)
+    assert state == {**FAULTS_OFF, "rest_delay_seconds": delay}
+    ws = connect(sim)
+    try:
+        subscribe(ws, ["BTC/USD"], 1, snapshot=False)
+        collect(ws, 0.3)
+        answer: dict[str, Any] = {}
+
+        def fetch() -> None:
+            sent_at = time.monotonic()
+            answer["status"], _, answer["body"] = sim.get("/0/public/Trades?pair=XBTUSD&count=5")
+            answer["at"] = time.monotonic()
+            answer["elapsed"] = answer["at"] - sent_at
+
+        fetcher = threading.Thread(target=fetch)
+        asked_at = time.monotonic()
+        fetcher.start()
+        time.sleep(0.2)
+        timed = time.monotonic()
+        assert sim.get("/0/public/Time")[0] == 200
+        assert sim.get("/0/public/AssetPairs?pair=XBTUSD")[0] == 200
+        other_requests = time.monotonic() - timed
+        frames = collect(ws, delay + 0.5)
+        fetcher.join(10)
+    finally:
+        ws.close()
+    assert answer["status"] == 200 and len(answer["body"]["result"]["XXBTZUSD"]) == 5
+    assert delay - 0.1 <= answer["elapsed"] < delay + 3.0
+    assert other_requests < 1.0, "other HTTP requests are not held"
+    during = [(at, text) for at, text in frames if asked_at < at < answer["at"]]
+    assert {"channel": "heartbeat"} in [json.loads(text) for _, text in during]
+    assert len(trades_of(during, "BTC/USD")) >= RATE, "trades keep flowing during the delay"
+    assert max(b - a for (a, _), (b, _) in itertools.pairwise(during)) < 0.5
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"omit_every_nth_id": -7},
+        {"omit_every_nth_id": "7"},
+        {"omit_every_nth_id": 2.5},
+        {"omit_same_timestamp_followers": 1},
+        {"omit_same_timestamp_followers": "true"},
+        {"rest_unavailable": None},
+        {"rest_delay_seconds": -1},
+        {"rest_delay_seconds": "2"},
+        {"rest_delay_seconds": float("inf")},
+        {"rest_unavailable": True, "rest_delay_seconds": -1},
+    ],
+)
+def test_fault_control_refuses_bad_new_switches(sim: Sim, changes: dict[str, Any]) -> None:
+    state = sim.get("/_simulator/faults")[2]
+    status, _, error = sim.request("POST", "/_simulator/faults", changes)
+    assert status == 400 and error["ok"] is False
+    assert any(name in error["error"] for name in changes)
+    assert sim.get("/_simulator/faults")[2] == state, "a bad request changes nothing"
+
+
 # -- other processes ---------------------------------------------------------------------
 
 
@@ -627,6 +820,11 @@ def test_cli_help_documents_every_flag() -> None:
         "--stall-seconds",
         "--malformed-every-frames",
         "--rest-rate-limit-next",
+        "--trades-per-match",
+        "--omit-every-nth-id",
+        "--omit-same-timestamp-followers",
+        "--rest-unavailable",
+        "--rest-delay-seconds",
     ):
         assert flag in result.stdout
 
@@ -663,5 +861,177 @@ def test_in_process_api() -> None:
         assert_consecutive(ids)
         stop.set()
         await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+
+
+def test_trades_per_match_and_omit_followers_flags(tmp_path: Path) -> None:
+    start = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    flags = ["--pairs", "BTC/USD", "--trades-per-second", "60", "--start-time", start]
+    flags += ["--trades-per-match", "3", "--omit-same-timestamp-followers"]
+    grouped = start_simulator(tmp_path / "grouped.log", *flags)
+    try:
+        faults = grouped.get("/_simulator/faults")[2]
+        assert faults == {**FAULTS_OFF, "omit_same_timestamp_followers": True}
+        assert grouped.get("/_simulator/config")[2]["trades_per_match"] == 3
+        ws = connect(grouped)
+        try:
+            subscribe(ws, ["BTC/USD"], 1, snapshot=True)
+            frames = collect(ws, 2.0)
+        finally:
+            ws.close()
+        snapshot, updates = ids_by_kind(frames, "BTC/USD")
+        assert len(snapshot) == 50 and snapshot[-1] % 3 == 0, "snapshots keep whole matches"
+        assert_consecutive(snapshot)
+        covered = range(snapshot[-1] + 1, updates[-1] + 1)
+        assert updates == [i for i in covered if i % 3 == 1], "only each match's first trade"
+        assert len(updates) > 20
+        items = trades_of(frames, "BTC/USD")
+        stamps = {item["trade_id"]: item["timestamp"] for item in items}
+        for trade_id in snapshot[1:]:
+            assert (stamps[trade_id] == stamps[trade_id - 1]) == (trade_id % 3 != 1)
+        assert len({stamps[i] for i in updates}) == len(updates)
+
+        # REST has every trade, and WebSocket, REST and a local model of the market agree.
+        market = SimulatedMarket(["BTC/USD"], 60, trades_per_match=3)
+        rows = rest_rows(grouped, "XBTUSD", iso_to_us(stamps[snapshot[0]]) * 1000, updates[-1])
+        assert_consecutive([row[6] for row in rows])
+        assert set(covered) <= {row[6] for row in rows}
+        for row in rows:
+            trade = market.trade("BTC/USD", row[6])
+            assert round(row[2] * 1e6) == trade.time_us and float(row[0]) == trade.price
+            if row[6] in stamps:
+                assert iso_to_us(stamps[row[6]]) == trade.time_us
+
+        wait_for_no_connections(grouped)
+        stats = grouped.stats()
+        sent = stats["trades_sent"]["BTC/USD"]
+        assert sent >= len(snapshot) + len(updates)
+        # The snapshot (50) is whole; each update trade sent stands for two left out.
+        assert stats["trades_left_out"] == {"BTC/USD": 2 * (sent - 50)}
+        assert stats["trades_left_out_total"] == 2 * (sent - 50)
+        assert stats["trades_sent_total"] == sent, "trades_sent counts only what was sent"
+    finally:
+        assert stop_simulator(grouped) == 0
+
+
+def test_omit_and_rest_fault_flags(tmp_path: Path) -> None:
+    flags = ["--pairs", "ETH/USD", "--trades-per-second", "50", "--omit-every-nth-id", "7"]
+    flags += ["--rest-unavailable", "--rest-delay-seconds", "1.0"]
+    faulty = start_simulator(tmp_path / "faulty.log", *flags)
+    try:
+        assert faulty.get("/_simulator/faults")[2] == {
+            **FAULTS_OFF,
+            "omit_every_nth_id": 7,
+            "rest_unavailable": True,
+            "rest_delay_seconds": 1.0,
+        }
+        asked = time.monotonic()
+        status, _, body = faulty.get("/0/public/Trades?pair=ETHUSD")
+        elapsed = time.monotonic() - asked
+        assert (status, body) == (503, {"error": ["EService:Unavailable"]})
+        assert 0.95 <= elapsed < 4.0, "503 answers are delayed too"
+        asked = time.monotonic()
+        assert faulty.get("/0/public/Time")[0] == 200
+        assert time.monotonic() - asked < 0.8, "only Trades is delayed"
+        assert faulty.stats()["rest_unavailable_answers"] == 1
+
+        ws = connect(faulty)
+        try:
+            subscribe(ws, ["ETH/USD"], 1, snapshot=True)
+            frames = collect(ws, 1.5)
+        finally:
+            ws.close()
+        snapshot, updates = ids_by_kind(frames, "ETH/USD")
+        assert_consecutive(snapshot)
+        assert updates == [i for i in range(snapshot[-1] + 1, updates[-1] + 1) if i % 7]
+        assert len(updates) > 20
+    finally:
+        assert stop_simulator(faulty) == 0
+
+
+def test_matches_split_across_frames_still_lose_only_followers() -> None:
+    from websockets.asyncio.client import connect as ws_connect
+
+    from trades_platform.simulator import FaultSwitches, Simulator, SimulatorConfig
+
+    config = SimulatorConfig(
+        port=0,
+        pairs=("SOL/USD",),
+        trades_per_second=300,
+        trades_per_match=3,
+        start_time_us=(time.time_ns() // 1000) - 3_600_000_000,
+        # Two ids per frame: matches of three straddle frame boundaries all the time.
+        max_trades_per_frame=2,
+        faults=FaultSwitches(omit_same_timestamp_followers=True),
+    )
+
+    async def scenario() -> tuple[list[list[int]], dict[str, Any]]:
+        frames: list[list[int]] = []
+        async with Simulator(config) as simulator:
+            async with ws_connect(simulator.ws_url) as ws:
+                await ws.recv()
+                params = {"channel": "trade", "symbol": ["SOL/USD"], "snapshot": False}
+                await ws.send(json.dumps({"method": "subscribe", "params": params, "req_id": 1}))
+                deadline = time.monotonic() + 1.5
+                while time.monotonic() < deadline:
+                    message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                    if message.get("channel") == "trade":
+                        frames.append([item["trade_id"] for item in message["data"]])
+            stats = simulator.core.stats.to_json()
+        return frames, stats
+
+    frames, stats = asyncio.run(scenario())
+    assert frames and all(frames), "an update whose trades were all left out is not sent"
+    assert all(len(ids) <= 2 for ids in frames)
+    ids = [trade_id for frame in frames for trade_id in frame]
+    assert len(ids) > 100
+    assert ids == list(range(ids[0], ids[-1] + 1, 3)) and ids[0] % 3 == 1
+    assert stats["trades_left_out"]["SOL/USD"] >= 2 * len(ids) - 2
+
+
+def test_rest_delay_outlasts_the_request_timeout_and_never_holds_up_a_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trades_platform.simulator import FaultSwitches, Simulator, SimulatorConfig
+    from trades_platform.simulator import server as server_module
+
+    # A short request timeout shows that a delayed answer is not cut short by it.
+    monkeypatch.setattr(server_module, "REQUEST_TIMEOUT_SECONDS", 0.3)
+    config = SimulatorConfig(
+        port=0, pairs=("BTC/USD",), faults=FaultSwitches(rest_delay_seconds=0.8)
+    )
+
+    async def http_get(port: int, path: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: sim\r\n\r\n".encode())
+        await writer.drain()
+        try:
+            return await reader.read()
+        finally:
+            writer.close()
+
+    async def scenario() -> None:
+        simulator = Simulator(config)
+        await simulator.start()
+        try:
+            asked = time.monotonic()
+            answer = await http_get(simulator.port, "/0/public/Trades?pair=XBTUSD&count=2")
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert 0.75 <= time.monotonic() - asked < 3.0
+
+            # A client that never sends its request is still let go after the timeout.
+            reader, writer = await asyncio.open_connection("127.0.0.1", simulator.port)
+            assert await asyncio.wait_for(reader.read(), 3) == b""
+            writer.close()
+
+            simulator.core.faults.update({"rest_delay_seconds": 60})
+            pending = asyncio.create_task(http_get(simulator.port, "/0/public/Trades?pair=XBTUSD"))
+            await asyncio.sleep(0.3)
+        finally:
+            stopping = time.monotonic()
+            await asyncio.wait_for(simulator.stop(), 10)
+        assert time.monotonic() - stopping < 5, "stop() does not wait for a delay"
+        await asyncio.wait_for(pending, 5)
 
     asyncio.run(scenario())
