@@ -37,7 +37,7 @@ DOCS = _samples("docs_examples.jsonl")
 
 
 def test_real_snapshot_frame_becomes_trades_with_every_field() -> None:
-    message = parse_frame(REAL["trade_snapshot"][0])
+    message = parse_frame(REAL["trade_snapshot"][0], received_ms=1716813191002)
     assert isinstance(message, TradesMessage)
     assert message.is_snapshot and not message.rejected
     first = message.trades[0]
@@ -52,6 +52,7 @@ def test_real_snapshot_frame_becomes_trades_with_every_field() -> None:
         "ord_type": "market",
         "exchange": "kraken",
         "source": "live",
+        "received_ms": 1716813191002,
     }
     assert [trade.trade_id for trade in message.trades] == [70635251, 70635252]
 

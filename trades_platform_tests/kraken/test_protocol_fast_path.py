@@ -106,8 +106,8 @@ def _same(fast: Trade | str, reference: Trade | str) -> bool:
 
 @pytest.mark.parametrize("item", _variants(), ids=repr)
 def test_the_fast_check_accepts_only_what_pydantic_accepts_into_the_same_trade(item: Any) -> None:
-    reference = _validated_trade(item, "live")
-    fast = _well_formed_trade(item, "live") if type(item) is dict else None
+    reference = _validated_trade(item, "live", 1_700_000_000_000)
+    fast = _well_formed_trade(item, "live", 1_700_000_000_000) if type(item) is dict else None
     if fast is not None:
         assert isinstance(reference, Trade), f"fast path accepted what pydantic rejects: {item!r}"
         assert _same(fast, reference)
@@ -121,7 +121,7 @@ def test_the_fast_check_accepts_only_what_pydantic_accepts_into_the_same_trade(i
     message = parse_frame(raw)
     assert isinstance(message, TradesMessage)
     # Whatever the middle item's fate, it is exactly what the reference validation decides.
-    expected = _validated_trade(reparsed, "live")
+    expected = _validated_trade(reparsed, "live", None)
     if isinstance(expected, Trade):
         assert _same(message.trades[1], expected)
         assert [trade.trade_id for trade in message.trades] == [7, expected.trade_id, 8]
@@ -139,7 +139,7 @@ def test_real_frames_take_the_fast_path() -> None:
         for item in json.loads(json.loads(line)["raw"]).get("data", [])
     ]
     assert items
-    assert all(_well_formed_trade(item, "live") is not None for item in items)
+    assert all(_well_formed_trade(item, "live", 1_700_000_000_000) is not None for item in items)
 
 
 @pytest.mark.parametrize("text", TIMESTAMPS[:-1])
