@@ -97,7 +97,7 @@ def test_a_second_live_run_fails_while_the_first_is_alive_and_goes_once_it_relea
         second = TailClaimHolder(settings, ["BTC/USD", "ETH/USD"], lease_seconds=60, owner="second")
         second.acquire()
         try:
-            with pytest.raises(OtherLiveWriterError, match="BTC/USD .*live run first"):
+            with pytest.raises(OtherLiveWriterError, match=r"BTC/USD \(live run first"):
                 second.wait_for_turn()
         finally:
             second.release()
@@ -133,10 +133,12 @@ def test_a_killed_live_run_is_waited_out_for_its_lease_then_presumed_over(broker
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "claimed"
-        with _holding(settings, ["BTC/USD"], "next") as waiter:
-            # Alive: it beats every 0.5 s, so the next run may not go.
-            with pytest.raises(OtherLiveWriterError, match="killed"):
-                waiter.wait_for_turn()
+        # Alive: it beats every 0.5 s, so the next run may not go.
+        with (
+            _holding(settings, ["BTC/USD"], "next") as waiter,
+            pytest.raises(OtherLiveWriterError, match="killed"),
+        ):
+            waiter.wait_for_turn()
         holder.kill()
         holder.wait()
         # The relaunch: it cannot tell a dead holder from a slow one until the lease has passed.
@@ -162,7 +164,7 @@ def test_a_writer_whose_ids_are_claimed_by_another_stops(
                 intruder.claim("BTC/USD", 150, timeout_seconds=10)
             # And the first, reading the intruder's claim back, stops too.
             deadline = time.monotonic() + 10
-            with pytest.raises(ClaimLost, match="intruder also claims BTC/USD"):  # noqa: PT012
+            with pytest.raises(ClaimLost, match="intruder also claims BTC/USD"):
                 while time.monotonic() < deadline:
                     first.ensure_held()
                     time.sleep(0.2)
