@@ -1,13 +1,19 @@
-"""`make soak`: the live job for a long while against the simulator, a connection fault every 30 s.
+"""`make soak`: the live job for a long while against the simulator: a feed that leaves trades
+out, and a connection fault every 30 s.
 
     python -m soak [--minutes 10] [--drop-every 30] [--stall-every 3] [--rate 25]
+                   [--omit-every-nth-id 7] [--rest-calls-per-second 1]
 
-Starts its own broker and Kraken simulator, runs `live_trades_job` in process for `--minutes`,
-and every `--drop-every` seconds drops the WebSocket abruptly (1006); every `--stall-every`-th of
-those faults is instead a stall past the watchdog, whose gap is more than the 50-trade snapshot,
-so healing from REST is exercised too. Then it reads the topic back and prints, per pair: trades
-the simulator sent, the ids the market made over the covered range, what is in the topic, lost
-and duplicated. Exits 1 if anything was lost or duplicated or the run failed.
+Starts its own broker and Kraken simulator, runs `live_trades_job` in process for `--minutes`.
+The simulator silently leaves every `--omit-every-nth-id`-th trade out of its update frames (as
+Kraken's feed was seen to do); every `--drop-every` seconds (0: never) it drops the WebSocket
+abruptly (1006), and every `--stall-every`-th of those faults is instead a stall past the
+watchdog, whose gap is more than the 50-trade snapshot. Healing runs at Kraken's pace
+(`--rest-calls-per-second`). Then it reads the topic back and prints, per pair: trades the
+simulator sent, the ids the market made over the covered range, what is in the topic, healed,
+lost and duplicated; and the run's figures against the live writer's targets: the share of the
+offered trades written, the lag's 99th percentile, REST calls per second. Exits 1 if anything
+was lost or duplicated or the run failed.
 """
 
 from __future__ import annotations
@@ -78,6 +84,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rate", type=float, default=25.0, help="trades/s per pair (default 25)")
     parser.add_argument("--pairs", default="BTC/USD,ETH/USD", help="comma-separated pairs")
+    parser.add_argument(
+        "--omit-every-nth-id",
+        type=int,
+        default=7,
+        help="the feed leaves out every Nth trade id (default 7; 0: none)",
+    )
+    parser.add_argument(
+        "--rest-calls-per-second",
+        type=float,
+        default=1.0,
+        help="the live run's REST pace for healing (default 1, Kraken's public limit)",
+    )
     return parser.parse_args(argv)
 
 
@@ -90,6 +108,8 @@ def inject_faults(
 ) -> None:
     """Every `every_seconds`, trip one fault on every open connection, then switch it off."""
     count = 0
+    if every_seconds <= 0:
+        return
     while not stop.wait(every_seconds):
         count += 1
         if stall_every and count % stall_every == 0:
@@ -152,6 +172,23 @@ def stopped_counts(line: str) -> dict[str, int]:
     return counts
 
 
+def print_targets(reports: list[PairReport], counts: dict[str, int]) -> None:
+    """The run against the live writer's targets (reported, not enforced: timings are noisy)."""
+    offered = sum(row.market_in_range for row in reports)
+    written = sum(row.unique for row in reports)
+    share = written / offered if offered else 0.0
+    lag_p99 = counts.get("lag_p99_ms", 0) / 1000
+    seconds = max(counts.get("seconds", 0), 1)
+    rest_per_second = counts.get("rest_calls", 0) / seconds
+    print(
+        f"\ntargets: written {written} of {offered} offered, {share:.1%} (>= 95%: "
+        f"{'met' if share >= 0.95 else 'MISSED'}); lag p99 {lag_p99:.1f}s (< 5 s: "
+        f"{'met' if lag_p99 < 5 else 'MISSED'}); REST {counts.get('rest_calls', 0)} calls in "
+        f"{seconds}s = {rest_per_second:.2f}/s (<= 1/s: "
+        f"{'met' if rest_per_second <= 1.0 else 'MISSED'})"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the soak and print its counts; 0 when nothing was lost or duplicated."""
     args = parse_args(argv)
@@ -162,12 +199,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     faults = FaultLog()
     stop = threading.Event()
     print(
-        f"soak: {args.minutes:g} min, {pairs} at {args.rate:g} trades/s each, a fault every "
+        f"soak: {args.minutes:g} min, {pairs} at {args.rate:g} trades/s each, every "
+        f"{args.omit_every_nth_id or 'no'}th trade left out of the feed, a fault every "
         f"{args.drop_every:g}s: a socket drop, or (1 in {args.stall_every or 'no'}) a "
-        f"{STALL_SECONDS:g}s stall past the {WATCHDOG_SECONDS:g}s watchdog; logs in {logs}",
+        f"{STALL_SECONDS:g}s stall past the {WATCHDOG_SECONDS:g}s watchdog; REST at "
+        f"{args.rest_calls_per_second:g} calls/s; logs in {logs}",
         flush=True,
     )
-    flags = ("--pairs", ",".join(pairs), "--trades-per-second", str(args.rate))
+    flags = (
+        *("--pairs", ",".join(pairs), "--trades-per-second", str(args.rate)),
+        *("--omit-every-nth-id", str(args.omit_every_nth_id)),
+    )
     with (
         LocalBroker(log_path=logs / "broker.log") as broker,
         SimulatorProcess(*flags, "--log-level", "WARNING") as simulator,
@@ -196,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         rest_url=simulator.rest_url,
                         pairs=pairs,
                         watchdog_seconds=WATCHDOG_SECONDS,
-                        rest_requests_per_second=20.0,
+                        rest_requests_per_second=args.rest_calls_per_second,
                     ),
                     "redpanda": RedpandaResource(broker_address=broker.address, topic=topic),
                 },
@@ -226,8 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"live job: reconnects={counts.get('reconnects', 0)} gaps={counts.get('gaps', 0)} "
-        f"heals (trades healed from REST)={counts.get('healed', 0)} "
-        f"unhealed={counts.get('unhealed', 0)} repeats skipped={counts.get('skipped', 0)}"
+        f"left out by the feed={counts.get('left_out', 0)} "
+        f"healed from REST={counts.get('healed', 0)} (late: {counts.get('healed_late', 0)}) "
+        f"out of order={counts.get('out_of_order', 0)} "
+        f"handed back={counts.get('handed_back', 0)} open holes={counts.get('open_holes', 0)} "
+        f"repeats skipped={counts.get('repeats_skipped', 0)}; simulator left out "
+        f"{stats['trades_left_out_total']}"
     )
     print(f"records by source: {dict(sources)}")
     header = (
@@ -259,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"the first id in the topic to the market's newest {TAIL_SLACK_SECONDS:g}s before the "
         "stop)"
     )
+    print_targets(reports, counts)
     bad = [row for row in reports if row.lost or row.duplicated or not row.unique]
     if bad or not result.success:
         print("soak: FAILED: " + (stopped or "the run did not log its Stopped line"))

@@ -189,9 +189,12 @@ class WindowBackfill:
     ) -> None:
         """Write the rows no live claim keeps; wait until the broker acknowledged them."""
         claims = self._claims_after_catching_up(writer)
+        present = writer.present.get(self.window.pair)
         allowed = []
         for row in rows:
-            if all(observed.claim.lets_backfill_write(row.trade_id) for observed in claims):
+            if present is not None and row.trade_id in present:
+                allowed.append(row)  # counted as already present by the writer
+            elif all(observed.claim.lets_backfill_write(row.trade_id) for observed in claims):
                 allowed.append(row)
             else:
                 self._left[row.trade_id] = (row, received_ms)

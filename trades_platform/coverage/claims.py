@@ -52,9 +52,9 @@ BEAT_KEY_PREFIX = "live-beat|"
 HEARTBEAT_SECONDS = 10.0
 # A heartbeat the broker did not acknowledge within this bound does not count.
 HEARTBEAT_ACK_SECONDS = 5.0
-# A live writer writes only while its acknowledged heartbeats are never further apart than this
-# (one lost heartbeat is tolerated).
-STANDING_SECONDS = 25.0
+# A live writer writes only while its acknowledged heartbeats are never further apart than this:
+# a broker out of reach for up to about 25 s (two heartbeats lost) costs the claim nothing.
+STANDING_SECONDS = 35.0
 # After claiming, the live writer waits this long, then re-reads the topic: any backfill page that
 # started before the claim was visible has landed or failed by then.
 CLAIM_GRACE_SECONDS = 2 * BACKFILL_PAGE_BOUND_SECONDS
@@ -329,15 +329,16 @@ class TailClaimHolder:
                 reported_at = time.monotonic()
             time.sleep(POLL_SECONDS)
 
-    def claim(self, pair: str, from_id: int, *, timeout_seconds: float) -> None:
-        """Claim every id >= from_id of `pair`; return once a heartbeat carrying it is counted."""
+    def claim(self, from_ids: dict[str, int], *, timeout_seconds: float) -> None:
+        """Claim every id >= from_id of each pair; return once a heartbeat carrying it counted."""
         with self._lock:
-            self._pairs[pair].from_id = from_id
+            for pair, from_id in from_ids.items():
+                self._pairs[pair].from_id = from_id
         assert self._heartbeater is not None, "acquire() first"
         if not self._heartbeater.beat_now(wait_seconds=timeout_seconds):
             self.ensure_held()
             raise ClaimLost(
-                f"the claim on {pair} from id {from_id} was not acknowledged by "
+                f"the claims {from_ids} (pair: from id) were not acknowledged by "
                 f"{self.settings.broker_address} within {timeout_seconds:.0f}s"
             )
 
@@ -401,7 +402,8 @@ class TailClaimHolder:
         if self._board is not None:
             with self._board_lock:
                 self._board.close()
-        self._producer = self._board = None
+        # Dropping every reference lets the producer go: it would otherwise keep reconnecting.
+        self._producer = self._board = self._heartbeater = None
 
     # --- internals -------------------------------------------------------------------------
 

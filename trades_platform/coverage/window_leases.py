@@ -224,7 +224,8 @@ class WindowLeaseHolder:
                     )
         if self._log is not None:
             self._log.close()
-        self._producer = self._log = None
+        # Dropping every reference lets the producer go: it would otherwise keep reconnecting.
+        self._producer = self._log = self._heartbeater = None
 
     def _heartbeat_records(self, beat: int) -> list[tuple[str, dict[str, Any]]]:
         value = {"owner": self.owner, "beat": beat, "heartbeat_ms": int(time.time() * 1000)}

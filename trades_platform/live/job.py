@@ -170,7 +170,8 @@ def _stream(
             f"Stopped: {writer.written} trades written, {producer.acknowledged} acknowledged "
             f"by the broker, {producer.failed} failed; {progress.report()}; "
             f"open_holes={sum(tail.open_holes().values())} "
-            f"seconds={time.monotonic() - progress.started_at:.1f}"
+            f"lag_p99_ms={round((progress.run_lag.quantile(0.99) or 0) * 1000)} "
+            f"seconds={time.monotonic() - progress.started_at:.0f}"
         )
 
 

@@ -134,6 +134,7 @@ class LiveProgress:
             f"gaps={self._stream.gaps} left_out={tail.total(tail.left_out)} "
             f"healed={tail.total(tail.healed)} healed_late={tail.healed_late} "
             f"pending_heals={pending} handed_back={tail.total(tail.handed_back)} "
+            f"out_of_order={tail.released_out_of_order} "
             f"rest_calls={self._healer.stats.requests} ({rest_per_minute:.0f}/min) "
             f"repeats_skipped={self._stream.repeated_skipped}"
         )

@@ -118,6 +118,7 @@ class LiveTail:
         self._sleep = sleep
         self._claim_timeout_seconds = max(30.0, settings.delivery_timeout_ms / 1000)
         self._pairs: dict[str, _PairTail] = {}
+        self._unclaimed_gaps: dict[str, list[TradeGap]] = {}
 
     # --- start ---------------------------------------------------------------------------
 
@@ -148,8 +149,10 @@ class LiveTail:
         self.stats.left_out[gap.pair] = self.stats.left_out.get(gap.pair, 0) + gap.missing
         state = self._pairs.get(gap.pair)
         if state is None:
-            # The stream resumed a pair this run did not claim (beyond the heal horizon): the ids
-            # below its first trade are the backfill's.
+            # A hole in the frame that brings the pair's first trade: the claim starts at that
+            # trade, so the hole is healed once the frame is accepted (below the claim: the
+            # backfill's).
+            self._unclaimed_gaps.setdefault(gap.pair, []).append(gap)
             return
         state.blocking.add_range(gap.first_missing_id, gap.last_missing_id)
         self.healer.add(gap)
@@ -221,10 +224,16 @@ class LiveTail:
         """Claim {pair: (from_id, exact time of the trade at or just before from_id, µs)}."""
         if not claims:
             return
-        for pair, (from_id, _time_us) in claims.items():
-            self.holder.claim(pair, from_id, timeout_seconds=self._claim_timeout_seconds)
-            self._pairs[pair] = _PairTail(from_id=from_id)
+        from_ids = {pair: from_id for pair, (from_id, _) in claims.items()}
+        self.holder.claim(from_ids, timeout_seconds=self._claim_timeout_seconds)
+        for pair, from_id in from_ids.items():
+            state = self._pairs[pair] = _PairTail(from_id=from_id)
             self.stats.claims += 1
+            # Holes the stream saw in the frame that brought the pair's first trade.
+            for gap in self._unclaimed_gaps.pop(pair, []):
+                if gap.first_missing_id >= from_id:
+                    state.blocking.add_range(gap.first_missing_id, gap.last_missing_id)
+                    self.healer.add(gap)
         overlapping = [pair for pair, (_, time_us) in claims.items() if backfill_may_reach(time_us)]
         if overlapping:
             # A backfill page that began before these claims were visible lands (or fails)
@@ -233,7 +242,6 @@ class LiveTail:
             self._sleep(self._grace_seconds)
             for pair, found in scan_topic_ids(self.settings, overlapping).items():
                 self.writer.replace_present(pair, found.ids)
-        from_ids = {pair: from_id for pair, (from_id, _) in claims.items()}
         self._log.info(f"Claimed the tails {from_ids} (ids from which this run writes)")
 
     def _release(self, pair: str) -> None:

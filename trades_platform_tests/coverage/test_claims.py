@@ -62,8 +62,7 @@ def test_a_claim_is_seen_by_others_with_its_ids_and_hand_backs(
             # Waiting for its turn: in line, but no id claimed yet.
             (waiting,) = board.read()["BTC/USD"]
             assert waiting.claim.from_id is None and waiting.claim.lets_backfill_write(10**9)
-            live.claim("BTC/USD", 100, timeout_seconds=10)
-            live.claim("ETH/USD", 7, timeout_seconds=10)
+            live.claim({"BTC/USD": 100, "ETH/USD": 7}, timeout_seconds=10)
             seen = board.read()
             assert {pair: [o.claim.from_id for o in claims] for pair, claims in seen.items()} == {
                 "BTC/USD": [100],
@@ -92,7 +91,7 @@ def test_a_second_live_run_fails_while_the_first_is_alive_and_goes_once_it_relea
 ) -> None:
     settings = _settings(broker)
     with _holding(settings, ["BTC/USD"], "first") as first:
-        first.claim("BTC/USD", 100, timeout_seconds=10)
+        first.claim({"BTC/USD": 100}, timeout_seconds=10)
         assert first.wait_for_turn() == 0.0
         second = TailClaimHolder(settings, ["BTC/USD", "ETH/USD"], lease_seconds=60, owner="second")
         second.acquire()
@@ -122,7 +121,7 @@ def test_a_killed_live_run_is_waited_out_for_its_lease_then_presumed_over(broker
             "holder = claims.TailClaimHolder(settings, ['BTC/USD'], lease_seconds=4.0, "
             "owner='killed')\n"
             "holder.acquire()\n"
-            "holder.claim('BTC/USD', 500, timeout_seconds=10)\n"
+            "holder.claim({'BTC/USD': 500}, timeout_seconds=10)\n"
             "print('claimed', flush=True)\n"
             "time.sleep(600)\n",
             broker,
@@ -155,13 +154,13 @@ def test_a_writer_whose_ids_are_claimed_by_another_stops(
 ) -> None:
     settings = _settings(broker)
     with _holding(settings, ["BTC/USD"], "first") as first:
-        first.claim("BTC/USD", 100, timeout_seconds=10)
+        first.claim({"BTC/USD": 100}, timeout_seconds=10)
         first.ensure_held()
         # A writer that (wrongly) went ahead: e.g. one paused past the lease and resumed.
         with _holding(settings, ["BTC/USD"], "intruder") as intruder:
             # Its claim is published, then read back next to the first one's: it never writes.
             with pytest.raises(ClaimLost, match="first also claims BTC/USD"):
-                intruder.claim("BTC/USD", 150, timeout_seconds=10)
+                intruder.claim({"BTC/USD": 150}, timeout_seconds=10)
             # And the first, reading the intruder's claim back, stops too.
             deadline = time.monotonic() + 10
             with pytest.raises(ClaimLost, match="intruder also claims BTC/USD"):

@@ -152,7 +152,7 @@ def test_leases_and_tail_claims_share_the_topic_without_mixing(broker: str) -> N
     live.acquire()
     board = ClaimBoard(settings, owner="observer")
     try:
-        live.claim("BTC/USD", 42, timeout_seconds=10)
+        live.claim({"BTC/USD": 42}, timeout_seconds=10)
         with _holding(settings, "BTC/USD", DAY_2, "backfill") as holder:
             time.sleep(window_leases.HEARTBEAT_SECONDS + 0.5)
             claims = board.read()

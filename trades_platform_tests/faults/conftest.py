@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from dagster import (
     DagsterInstance,
     ExecuteInProcessResult,
@@ -31,11 +32,12 @@ from dagster import (
 
 from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.partitions import PartitionWindow
+from trades_platform.coverage.claims import ClaimBoard, TailClaim
 from trades_platform.live.job import live_trades_job
 from trades_platform.local_broker import LocalBroker, free_port
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform_tests.support.simulator import SimulatorProcess, cli_env
 from trades_platform_tests.support.tcp_proxy import TcpProxy
 from trades_platform_tests.support.topic import TopicRecord
 
@@ -397,6 +399,39 @@ class CliRun:
         # Whatever happened in the test, leave no process behind.
         if self.process.poll() is None:
             self.kill()
+
+
+def live_cli(
+    sim: SimulatorProcess,
+    broker: str,
+    topic: str,
+    home: Path,
+    *,
+    pairs: Sequence[str] = ("BTC/USD",),
+    env: dict[str, str] | None = None,
+    **config: object,
+) -> CliRun:
+    """A live run as its own process (`dagster job execute`), with op config `config`."""
+    config_path = home.parent / f"live-{home.name}.yaml"
+    home.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(live_config(**config)))
+    run_env = cli_env(sim, broker, topic, home, pairs=pairs, **(env or {}))
+    return CliRun([*LIVE_JOB_COMMAND, "-c", str(config_path)], run_env)
+
+
+def wait_for_claim(redpanda: RedpandaResource, pair: str, timeout_seconds: float) -> TailClaim:
+    """The first live claim on `pair` that claims ids and is not over."""
+    board = ClaimBoard(redpanda.producer_settings(), owner="faults-test-observer")
+    try:
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            for observed in board.read().get(pair, []):
+                if observed.claim.from_id is not None and not observed.over:
+                    return observed.claim
+            time.sleep(0.2)
+    finally:
+        board.close()
+    pytest.fail(f"no live claim on {pair} within {timeout_seconds}s")
 
 
 def backfill_command(partition_key: str) -> list[str]:

@@ -8,15 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from dagster import DagsterInstance
 
-from trades_platform.coverage.claims import ClaimBoard, TailClaim
 from trades_platform.resources import RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
 from trades_platform_tests.faults.conftest import (
     BACKFILL_RATE,
-    LIVE_JOB_COMMAND,
     LIVE_PAIRS,
     CliRun,
     assert_exactly_once,
@@ -26,12 +23,13 @@ from trades_platform_tests.faults.conftest import (
     backfill_summary,
     day_ids,
     ids_of,
-    live_config,
+    live_cli,
     live_kraken,
     run_backfill,
     run_live,
     run_messages,
     trades_sent,
+    wait_for_claim,
 )
 from trades_platform_tests.support.simulator import SimulatorProcess, cli_env
 from trades_platform_tests.support.topic import TopicRecord, read_topic, unique_topic
@@ -195,30 +193,6 @@ def test_a_backfill_of_a_day_the_live_run_wrote_the_end_of(
     )
 
 
-def _live_cli(
-    sim: SimulatorProcess, broker: str, topic: str, home: Path, max_seconds: float
-) -> CliRun:
-    """A bounded live run of BTC/USD as its own process (`dagster job execute`)."""
-    config = home.parent / "live.yaml"
-    config.write_text(yaml.safe_dump(live_config(max_seconds=max_seconds)))
-    env = cli_env(sim, broker, topic, home, KRAKEN_PAIRS="BTC/USD")
-    return CliRun([*LIVE_JOB_COMMAND, "-c", str(config)], env)
-
-
-def _wait_for_claim(redpanda: RedpandaResource, pair: str, timeout_seconds: float) -> TailClaim:
-    board = ClaimBoard(redpanda.producer_settings(), owner="faults-test-observer")
-    try:
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
-            claim = board.claims().get(pair)
-            if claim is not None and claim.alive():
-                return claim
-            time.sleep(0.2)
-    finally:
-        board.close()
-    pytest.fail(f"no live claim on {pair} within {timeout_seconds}s")
-
-
 def _split_by_claim(records: list[TopicRecord], from_id: int) -> Counter[tuple[str, bool]]:
     """(writer, id >= from_id) -> records: who wrote on which side of the claim."""
     return Counter(
@@ -236,9 +210,9 @@ def test_a_backfill_of_a_closed_day_while_the_live_run_writes_its_end(
     market = SimulatedMarket(["BTC/USD"], OVERLAP_RATE)
     with (
         overlap_simulator(OVERLAP_RATE) as sim,
-        _live_cli(sim, broker, topic, tmp_path / "home", max_seconds=18) as live,
+        live_cli(sim, broker, topic, tmp_path / "home", max_seconds=18) as live,
     ):
-        claim = _wait_for_claim(redpanda, "BTC/USD", timeout_seconds=90)
+        claim = wait_for_claim(redpanda, "BTC/USD", timeout_seconds=90)
         # The live writer now waits out its grace period; the backfill starts inside it and
         # ends (5 pages) long before the live run does.
         backfill = run_backfill(OVERLAP_KEY, backfill_kraken(sim), redpanda, dagster_instance)
@@ -281,9 +255,9 @@ def test_a_live_run_that_ends_while_the_backfill_of_its_day_runs(
     market = SimulatedMarket(["BTC/USD"], SLOW_OVERLAP_RATE)
     with (
         overlap_simulator(SLOW_OVERLAP_RATE) as sim,
-        _live_cli(sim, broker, topic, tmp_path / "home", max_seconds=13) as live,
+        live_cli(sim, broker, topic, tmp_path / "home", max_seconds=13) as live,
     ):
-        claim = _wait_for_claim(redpanda, "BTC/USD", timeout_seconds=90)
+        claim = wait_for_claim(redpanda, "BTC/USD", timeout_seconds=90)
         # 10 s of grace, a little streaming, then a clean stop that releases the claim, while the
         # backfill, paced to 1 call/s, is still some 20 pages from the day's last ids.
         backfill = run_backfill(

@@ -38,12 +38,20 @@ def test_sigkill_of_a_live_run_then_the_next_run_recovers(broker: str, tmp_path:
     topic = unique_topic("faults-kill-live")
     unbounded = tmp_path / "first.yaml"
     unbounded.write_text(yaml.safe_dump(live_config(max_seconds=120)))
-    # The killed run's claims stay alive for their 60 s lease, and the next run waits them out
-    # before it writes (two live writers of a pair would both write its tail): give it 70 s.
+    # The killed run's claims stay for their lease (35 s + the 20 s delivery timeout + 11 s: its
+    # last trades could land until then), and the next run waits them out before it reads the
+    # topic; its 20 s bound counts from when it streams.
     bounded = tmp_path / "second.yaml"
-    bounded.write_text(yaml.safe_dump(live_config(max_seconds=70)))
+    bounded.write_text(yaml.safe_dump(live_config(max_seconds=20)))
     with SimulatorProcess(*live_flags()) as sim:
-        env = cli_env(sim, broker, topic, tmp_path / "home", KRAKEN_REST_REQUESTS_PER_SECOND="20")
+        env = cli_env(
+            sim,
+            broker,
+            topic,
+            tmp_path / "home",
+            KRAKEN_REST_REQUESTS_PER_SECOND="20",
+            KAFKA_DELIVERY_TIMEOUT_MS="20000",
+        )
         with CliRun([*LIVE_JOB_COMMAND, "-c", str(unbounded)], env) as first:
             first.wait_for_output("trades written (", timeout_seconds=120)
             time.sleep(2)
@@ -58,6 +66,7 @@ def test_sigkill_of_a_live_run_then_the_next_run_recovers(broker: str, tmp_path:
         sent = trades_sent(sim)
         assert code == 0, second.output[-4000:]
     waited = "Waiting for other live writers" in second.output
+    assert waited, "the next run did not wait out the killed run's claim"
     records = read_topic(broker, topic)
     market = SimulatedMarket(LIVE_PAIRS, LIVE_RATE)
     assert_exactly_once(

@@ -21,9 +21,11 @@ PAIRS = ["BTC/USD", "ETH/USD"]
 
 @pytest.fixture(scope="module")
 def observed_instance(broker: str) -> Iterator[DagsterInstance]:
-    """An instance holding a 6-second live run that observed every second."""
+    """An instance holding a 6-second live run that observed every second; the feed leaves every
+    7th trade out, so there is healing to report."""
+    flags = ("--pairs", ",".join(PAIRS), "--trades-per-second", "20", "--omit-every-nth-id", "7")
     with (
-        SimulatorProcess("--pairs", ",".join(PAIRS), "--trades-per-second", "20") as sim,
+        SimulatorProcess(*flags) as sim,
         instance_for_test() as instance,
     ):
         result = live_trades_job.execute_in_process(
@@ -55,13 +57,30 @@ def test_each_pair_is_observed_with_plottable_numbers(observed_instance: Dagster
             "trades_per_minute",
             "last_trade_age_seconds",
             "last_trade_time_ms",
+            "lag_p99_seconds",
             "reconnects",
+            "trades_left_out",
             "gaps_healed",
+            "pending_heals",
+            "handed_back",
+            "rest_calls_per_minute",
             "dead_lettered",
         } <= metadata.keys()
-        # 20 trades/s is 1200 a minute; the first interval also holds the 50-trade snapshot.
+        # 20 trades/s less one in seven is about 1000 a minute (the first interval also holds
+        # the 50-trade snapshot).
         rates = [record.asset_observation.metadata["trades_per_minute"].value for record in records]
         assert max(rates) > 600
+        # Records come newest first: by the last one the feed had left trades out, and they
+        # were healed by REST calls.
+        newest = {key: value.value for key, value in metadata.items()}
+        assert newest["trades_left_out"] > 0 and newest["gaps_healed"] > 0, newest
+        assert (
+            max(
+                record.asset_observation.metadata["rest_calls_per_minute"].value
+                for record in records
+            )
+            > 0
+        )
 
 
 def _run_freshness_check(instance: DagsterInstance) -> bool:

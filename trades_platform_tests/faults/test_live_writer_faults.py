@@ -1,0 +1,416 @@
+"""The live writer in the real world: a feed that silently leaves trades out, heals that fail or
+crawl, a second live run, a reader whose clock runs ahead. Each scenario ends with the topic read
+back: per pair, every id once, none missing.
+"""
+
+import itertools
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from dagster import DagsterInstance
+
+from trades_platform.coverage.claims import ClaimBoard, TailClaim
+from trades_platform.resources import RedpandaResource
+from trades_platform.simulator.market import SimulatedMarket
+from trades_platform.trade import parse_time_iso
+from trades_platform_tests.faults.conftest import (
+    LIVE_PAIRS,
+    CliRun,
+    assert_exactly_once,
+    backfill_command,
+    backfill_kraken,
+    backfill_metadata,
+    backfill_summary,
+    day_ids,
+    ids_of,
+    live_cli,
+    live_flags,
+    live_kraken,
+    run_backfill,
+    run_live,
+    run_messages,
+    stat_from_line,
+    stopped_line,
+    trades_sent,
+    wait_for_claim,
+    wall_us,
+)
+from trades_platform_tests.support import skewed_clock
+from trades_platform_tests.support.simulator import SimulatorProcess, cli_env
+from trades_platform_tests.support.topic import TopicRecord, read_topic, unique_topic
+
+pytestmark = pytest.mark.faults
+
+# The closed-day scenarios start simulated time in the last minutes of 2024-03-05, so the live
+# run's claim reaches into a day that is over and that a backfill may write.
+DAY_KEY = "2024-03-05|BTC/USD"
+# The hand-back scenario: 4,320 trades a day (5 pages).
+HAND_BACK_RATE = 0.05
+# The slow-heal scenarios: 17,280 trades a day (18 pages), 2 a real second at speed 10.
+SLOW_HEAL_RATE = 0.2
+# How far ahead the skewed readers' wall clocks run (their monotonic clocks are left alone).
+CLOCK_AHEAD_SECONDS = 300
+
+
+def _assert_in_order(records: list[TopicRecord], pairs: Sequence[str]) -> None:
+    """Each pair's ids reach the topic strictly increasing (the live writer's order promise)."""
+    for pair in pairs:
+        ids = ids_of(records, pair)
+        backwards = [(a, b) for a, b in itertools.pairwise(ids) if b <= a]
+        assert not backwards, f"{pair}: ids out of order in the topic: {backwards[:5]}"
+
+
+def _sources(records: list[TopicRecord]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.value["source"]] = counts.get(record.value["source"], 0) + 1
+    return counts
+
+
+def test_every_seventh_id_left_out_is_healed_in_order(
+    broker: str, dagster_instance: DagsterInstance
+) -> None:
+    """Kraken's feed drops every 7th trade silently: each is healed by id, in order, at 1 call/s."""
+    topic = unique_topic("faults-left-out")
+    with SimulatorProcess(*live_flags("--omit-every-nth-id", "7")) as sim:
+        started = time.monotonic()
+        result = run_live(
+            # Kraken's pace: one REST call a second for both pairs' heals.
+            live_kraken(sim, rest_requests_per_second=1.0),
+            RedpandaResource(broker_address=broker, topic=topic),
+            dagster_instance,
+            max_seconds=20,
+        )
+        seconds = time.monotonic() - started
+        ended_us = wall_us(seconds_ago=5)
+        stats = sim.stats()
+        sent = trades_sent(sim)
+    line = stopped_line(run_messages(dagster_instance, result.run_id))
+    assert result.success
+    assert stats["trades_left_out_total"] > 50, stats
+    assert stat_from_line(line, "left_out") >= stats["trades_left_out_total"] - 10, line
+    assert stat_from_line(line, "healed") > 50, line
+    assert stat_from_line(line, "out_of_order") == 0, line
+    assert stat_from_line(line, "rest_calls") <= seconds + 1, line
+    records = read_topic(broker, topic)
+    market = SimulatedMarket(LIVE_PAIRS, 25.0)
+    assert_exactly_once(
+        records, label="left-out-7", market=market, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
+    )
+    _assert_in_order(records, LIVE_PAIRS)
+    # Every record says when it was received: live ones when their frame arrived (the simulator
+    # sends a trade within a tick of its time), healed ones when their REST page did.
+    for record in records:
+        value = record.value
+        latency_ms = value["received_ms"] - value["timestamp_ms"]
+        limit_ms = 2_000 if value["source"] == "live" else 15_000
+        assert 0 <= latency_ms < limit_ms, value
+    print(f"[faults] left-out-7: {_sources(records)}; {line.split('; ', 1)[1][:300]}")
+
+
+def test_only_the_first_trade_of_each_match_arrives(
+    broker: str, dagster_instance: DagsterInstance
+) -> None:
+    """Matches of three fills at one timestamp, only the first sent: followers healed by id."""
+    topic = unique_topic("faults-followers")
+    flags = live_flags("--trades-per-match", "3", "--omit-same-timestamp-followers")
+    with SimulatorProcess(*flags) as sim:
+        result = run_live(
+            live_kraken(sim, rest_requests_per_second=1.0),
+            RedpandaResource(broker_address=broker, topic=topic),
+            dagster_instance,
+            max_seconds=20,
+        )
+        ended_us = wall_us(seconds_ago=5)
+        stats = sim.stats()
+        sent = trades_sent(sim)
+    line = stopped_line(run_messages(dagster_instance, result.run_id))
+    assert result.success
+    # Two of every three trades never came over the socket.
+    assert stats["trades_left_out_total"] > stats["trades_sent_total"] // 2, stats
+    records = read_topic(broker, topic)
+    market = SimulatedMarket(LIVE_PAIRS, 25.0, trades_per_match=3)
+    counts = assert_exactly_once(
+        records, label="followers", market=market, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
+    )
+    _assert_in_order(records, LIVE_PAIRS)
+    assert _sources(records)["heal"] > sum(count.in_topic for count in counts.values()) // 2
+    assert stat_from_line(line, "out_of_order") == 0, line
+    print(f"[faults] followers: {_sources(records)}; {line.split('; ', 1)[1][:300]}")
+
+
+def _kraken_time_us(sim: SimulatorProcess) -> int:
+    with urllib.request.urlopen(f"{sim.rest_url}/0/public/Time", timeout=10) as response:
+        return int(orjson.loads(response.read())["result"]["unixtime"]) * 1_000_000
+
+
+def _live_claim(redpanda: RedpandaResource, pair: str) -> TailClaim | None:
+    board = ClaimBoard(redpanda.producer_settings(), owner="faults-test-observer")
+    try:
+        claims = [o.claim for o in board.read().get(pair, []) if not o.over]
+        return claims[0] if claims else None
+    finally:
+        board.close()
+
+
+def test_an_unhealable_gap_is_handed_back_and_filled_by_the_days_backfill_while_live_lives(
+    broker: str, dagster_instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """REST fails for the left-out ids: the live run hands them back, the backfill fills them."""
+    topic = unique_topic("faults-hand-back")
+    redpanda = RedpandaResource(broker_address=broker, topic=topic)
+    market = SimulatedMarket(["BTC/USD"], HAND_BACK_RATE)
+    expected = day_ids(market, DAY_KEY)
+    # Simulated time starts in the closed day's last minutes (the live run's snapshot reaches
+    # into it), REST fails from the start, and the feed leaves every 7th trade out.
+    with (
+        SimulatorProcess(
+            *("--pairs", "BTC/USD", "--trades-per-second", str(HAND_BACK_RATE)),
+            *("--speed", "10", "--start-time", "2024-03-05T23:54:00"),
+            *("--omit-every-nth-id", "7", "--rest-unavailable"),
+        ) as sim,
+        live_cli(
+            sim,
+            broker,
+            topic,
+            tmp_path / "home",
+            env={"KRAKEN_REST_MAX_RETRIES": "1", "KRAKEN_REST_BACKOFF_MAX_SECONDS": "0.2"},
+            max_seconds=100,
+            heal_hold_seconds=2,
+            heal_give_up_seconds=3,
+        ) as live,
+    ):
+        # The live run gives its holes back in its claim...
+        deadline = time.monotonic() + 120
+        while (claim := _live_claim(redpanda, "BTC/USD")) is None or not claim.handed_back:
+            assert time.monotonic() < deadline and live.process.poll() is None, live.output[-4000:]
+            time.sleep(0.5)
+        # ... REST comes back (later holes heal), the day ends by Kraken's clock ...
+        sim.set_faults(rest_unavailable=False)
+        day_end_us = parse_time_iso("2024-03-06T00:00:05Z")
+        while _kraken_time_us(sim) < day_end_us:
+            assert time.monotonic() < deadline, "the simulated day did not end"
+            time.sleep(0.5)
+        claim = _live_claim(redpanda, "BTC/USD")
+        assert claim is not None and claim.from_id is not None
+        handed_back = [i for first, last in claim.handed_back for i in range(first, last + 1)]
+        assert handed_back and all(trade_id in expected for trade_id in handed_back)
+        # ... and the day's backfill runs while the live run still lives.
+        backfill = run_backfill(DAY_KEY, backfill_kraken(sim), redpanda, dagster_instance)
+        assert live.process.poll() is None, "the live run ended before the backfill"
+        assert live.wait(timeout_seconds=150) == 0, live.output[-4000:]
+        sent = trades_sent(sim)
+    metadata = backfill_metadata(backfill)
+    records = read_topic(broker, topic)
+    assert_exactly_once(
+        records,
+        label="hand-back",
+        market=market,
+        sources=("live", "heal", "backfill"),
+        pairs=["BTC/USD"],
+        sent=sent,
+    )
+    assert set(expected) <= set(ids_of(records, "BTC/USD"))
+    by_id = {record.value["trade_id"]: record.value["source"] for record in records}
+    assert {by_id[trade_id] for trade_id in handed_back} == {"backfill"}
+    assert metadata["left_to_live_writer"] == 0
+    print(
+        f"[faults] hand-back: claim from id {claim.from_id}; {len(handed_back)} ids handed back "
+        f"{claim.handed_back[:3]}...; backfill wrote {metadata['written']} (already present "
+        f"{metadata['already_present']}); sources {_sources(records)}"
+    )
+
+
+@dataclass
+class _SlowHeal:
+    """A live run whose first heal page REST holds back, with holes in a closed day pending."""
+
+    sim: SimulatorProcess
+    live: CliRun
+    claim: TailClaim
+    # When REST received the held-back page (monotonic).
+    held_at: float
+
+
+@contextmanager
+def _live_run_with_a_slow_heal(
+    broker: str, topic: str, home: Path, delay_seconds: float
+) -> Iterator[_SlowHeal]:
+    """A live run of BTC/USD whose feed leaves every 7th trade out, across the end of a day.
+
+    Simulated time starts 3 minutes before midnight at 10 simulated seconds per real one, 0.2
+    trades a second (2 a real second): the live run's snapshot and first updates are in the day
+    before, which closes about 18 s after start. Its first heal page is held by REST for
+    `delay_seconds`, longer than the claim's lease (56 s with a 10 s delivery timeout); later
+    calls are answered at once again, so the backfill can run meanwhile. Yields once the day is
+    closed by Kraken's clock and the page is being held.
+    """
+    with (
+        SimulatorProcess(
+            *("--pairs", "BTC/USD", "--trades-per-second", str(SLOW_HEAL_RATE)),
+            *("--speed", "10", "--start-time", "2024-03-05T23:57:00"),
+            *("--omit-every-nth-id", "7", "--rest-delay-seconds", str(delay_seconds)),
+        ) as sim,
+        live_cli(
+            sim,
+            broker,
+            topic,
+            home,
+            env={
+                "KAFKA_DELIVERY_TIMEOUT_MS": "10000",
+                "KRAKEN_REST_TIMEOUT_SECONDS": str(delay_seconds + 60),
+            },
+            max_seconds=delay_seconds + 30,
+        ) as live,
+    ):
+        redpanda = RedpandaResource(broker_address=broker, topic=topic)
+        claim = wait_for_claim(redpanda, "BTC/USD", timeout_seconds=90)
+        assert claim.lease_seconds < delay_seconds - 10
+        # The healer's first calls: AssetPairs (not delayed), then the held Trades page.
+        deadline = time.monotonic() + 60
+        while sim.stats()["rest_requests"] < 2:
+            assert time.monotonic() < deadline, live.output[-4000:]
+            time.sleep(0.1)
+        held_at = time.monotonic()
+        sim.set_faults(rest_delay_seconds=0)
+        while _kraken_time_us(sim) < parse_time_iso("2024-03-06T00:00:05Z"):
+            assert time.monotonic() < deadline, "the simulated day did not end"
+            time.sleep(0.5)
+        yield _SlowHeal(sim, live, claim, held_at)
+
+
+def _assert_backfill_left_the_pending_holes(
+    records: list[TopicRecord], claim: TailClaim, left_to_live_writer: int
+) -> None:
+    """The backfill wrote nothing the claim kept; the holes it left were healed by the live run."""
+    expected = day_ids(SimulatedMarket(["BTC/USD"], SLOW_HEAL_RATE), DAY_KEY)
+    assert set(expected) <= set(ids_of(records, "BTC/USD"))
+    by_id = {record.value["trade_id"]: record.value["source"] for record in records}
+    backfilled = [trade_id for trade_id, source in by_id.items() if source == "backfill"]
+    from_id = claim.from_id
+    assert from_id is not None
+    assert backfilled and all(trade_id < from_id for trade_id in backfilled)
+    healed_in_day = [i for i in expected if i >= from_id and by_id[i] == "heal"]
+    # The day's holes were still pending when the backfill ran: it left them, the heal came later.
+    assert left_to_live_writer >= 1 and len(healed_in_day) >= left_to_live_writer
+
+
+def test_a_heal_page_slower_than_the_lease_keeps_the_claim_held(
+    broker: str, dagster_instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """One REST page takes 90 s, longer than the claim's lease: heartbeats go on beside it, so a
+    second live run refuses to start, and the backfill of the closed day leaves its pending holes
+    to the live writer, which heals them once the page arrives."""
+    topic = unique_topic("faults-slow-heal")
+    redpanda = RedpandaResource(broker_address=broker, topic=topic)
+    with _live_run_with_a_slow_heal(broker, topic, tmp_path / "first", 90) as slow:
+        env = {"KAFKA_DELIVERY_TIMEOUT_MS": "10000"}
+        with live_cli(
+            slow.sim, broker, topic, tmp_path / "second", env=env, max_seconds=30
+        ) as second:
+            backfill = run_backfill(DAY_KEY, backfill_kraken(slow.sim), redpanda, dagster_instance)
+            assert second.wait(timeout_seconds=120) != 0
+        assert time.monotonic() - slow.held_at < 90, "the slow page was over before the checks"
+        assert slow.live.wait(timeout_seconds=300) == 0, slow.live.output[-4000:]
+        sent = trades_sent(slow.sim)
+    assert "are being written by other live runs" in second.output, second.output[-4000:]
+    metadata = backfill_metadata(backfill)
+    records = read_topic(broker, topic)
+    assert_exactly_once(
+        records,
+        label="slow-heal",
+        market=SimulatedMarket(["BTC/USD"], SLOW_HEAL_RATE),
+        sources=("live", "heal", "backfill"),
+        pairs=["BTC/USD"],
+        sent=sent,
+    )
+    _assert_backfill_left_the_pending_holes(records, slow.claim, metadata["left_to_live_writer"])
+    print(
+        f"[faults] slow-heal: lease {slow.claim.lease_seconds:.0f}s, one page held 90s; second "
+        f"live run refused; backfill wrote {metadata['written']}, left "
+        f"{metadata['left_to_live_writer']} to the live writer; sources {_sources(records)}"
+    )
+
+
+def test_a_second_live_run_started_while_the_first_writes_never_writes(
+    broker: str, dagster_instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """A second `dagster job execute` of the same pairs: it fails loudly, the first goes on."""
+    topic = unique_topic("faults-second-live")
+    redpanda = RedpandaResource(broker_address=broker, topic=topic)
+    with (
+        SimulatorProcess(*live_flags()) as sim,
+        live_cli(sim, broker, topic, tmp_path / "first", pairs=LIVE_PAIRS, max_seconds=40) as first,
+    ):
+        wait_for_claim(redpanda, "ETH/USD", timeout_seconds=90)
+        second = run_live(
+            live_kraken(sim), redpanda, dagster_instance, raise_on_error=False, max_seconds=30
+        )
+        assert first.process.poll() is None, "the first run ended before the second one's check"
+        assert first.wait(timeout_seconds=120) == 0, first.output[-4000:]
+        ended_us = wall_us(seconds_ago=5)
+        sent = trades_sent(sim)
+    assert not second.success
+    failure = second.failure_data_for_node("stream_live_trades")
+    assert failure is not None and failure.error is not None
+    assert "being written by other live runs" in failure.error.to_string()
+    assert "trades written" not in "\n".join(run_messages(dagster_instance, second.run_id))
+    records = read_topic(broker, topic)
+    assert_exactly_once(
+        records,
+        label="second-live-run",
+        market=SimulatedMarket(LIVE_PAIRS, 25.0),
+        pairs=LIVE_PAIRS,
+        reaches_us=ended_us - 10_000_000,
+        sent=sent,
+    )
+    _assert_in_order(records, LIVE_PAIRS)
+
+
+def test_readers_with_a_clock_five_minutes_ahead_leave_a_healthy_claim_alone(
+    broker: str, tmp_path: Path
+) -> None:
+    """A backfill and a second live run whose wall clocks run 5 minutes ahead: the live claim's
+    heartbeats look 5 minutes old to them, yet they see them change, so they respect it (the
+    backfill leaves the claimed holes, pending behind a slow heal, to the live writer)."""
+    topic = unique_topic("faults-clock-ahead")
+    with _live_run_with_a_slow_heal(broker, topic, tmp_path / "live", 90) as slow:
+        env = cli_env(slow.sim, broker, topic, tmp_path / "ahead", pairs=["BTC/USD"])
+        env = skewed_clock.env(env, CLOCK_AHEAD_SECONDS)
+        with CliRun(backfill_command(DAY_KEY), env) as backfill:
+            assert backfill.wait(timeout_seconds=120) == 0, backfill.output[-4000:]
+        with live_cli(
+            slow.sim,
+            broker,
+            topic,
+            tmp_path / "second",
+            env=skewed_clock.env({}, CLOCK_AHEAD_SECONDS),
+            max_seconds=30,
+        ) as second:
+            assert second.wait(timeout_seconds=120) != 0
+        assert time.monotonic() - slow.held_at < 90, "the slow page was over before the checks"
+        assert slow.live.wait(timeout_seconds=300) == 0, slow.live.output[-4000:]
+        sent = trades_sent(slow.sim)
+    assert "are being written by other live runs" in second.output, second.output[-4000:]
+    summary = backfill_summary(backfill.output)
+    records = read_topic(broker, topic)
+    assert_exactly_once(
+        records,
+        label="clock-ahead",
+        market=SimulatedMarket(["BTC/USD"], SLOW_HEAL_RATE),
+        sources=("live", "heal", "backfill"),
+        pairs=["BTC/USD"],
+        sent=sent,
+    )
+    _assert_backfill_left_the_pending_holes(records, slow.claim, summary["left_to_live_writer"])
+    print(
+        f"[faults] clock-ahead: claim from id {slow.claim.from_id}; backfill (+5 min) wrote "
+        f"{summary['written']}, left {summary['left_to_live_writer']}; second live run "
+        "(+5 min) refused"
+    )

@@ -1,0 +1,16 @@
+"""A child process whose wall clock is off (see sitecustomize.py beside this file)."""
+
+import os
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+
+
+def env(base: dict[str, str], offset_seconds: float) -> dict[str, str]:
+    """`base` for a child process whose wall clock runs `offset_seconds` ahead (or behind)."""
+    path = base.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    return {
+        **base,
+        "PYTHONPATH": os.pathsep.join(part for part in (_HERE, path) if part),
+        "SKEWED_CLOCK_OFFSET_SECONDS": str(offset_seconds),
+    }
