@@ -198,12 +198,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix="soak-"))
     faults = FaultLog()
     stop = threading.Event()
+    socket_faults = (
+        f"a socket fault every {args.drop_every:g}s: a drop, or (1 in "
+        f"{args.stall_every or 'no'}) a {STALL_SECONDS:g}s stall past the "
+        f"{WATCHDOG_SECONDS:g}s watchdog"
+        if args.drop_every > 0
+        else "no socket faults"
+    )
+    left_out = (
+        f"every {args.omit_every_nth_id}th trade left out of the feed"
+        if args.omit_every_nth_id
+        else "no trade left out"
+    )
     print(
-        f"soak: {args.minutes:g} min, {pairs} at {args.rate:g} trades/s each, every "
-        f"{args.omit_every_nth_id or 'no'}th trade left out of the feed, a fault every "
-        f"{args.drop_every:g}s: a socket drop, or (1 in {args.stall_every or 'no'}) a "
-        f"{STALL_SECONDS:g}s stall past the {WATCHDOG_SECONDS:g}s watchdog; REST at "
-        f"{args.rest_calls_per_second:g} calls/s; logs in {logs}",
+        f"soak: {args.minutes:g} min, {pairs} at {args.rate:g} trades/s each, {left_out}, "
+        f"{socket_faults}; REST at {args.rest_calls_per_second:g} calls/s; logs in {logs}",
         flush=True,
     )
     flags = (
