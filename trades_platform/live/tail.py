@@ -181,7 +181,8 @@ class LiveTail:
                 self._hand_back(result)
         now = time.monotonic()
         for pair, state in self._pairs.items():
-            if state.waiting and now - state.waiting[0].since > self._hold_seconds:
+            # Healed trades join the line at their id, so the longest wait is not always first.
+            if state.waiting and now - min(w.since for w in state.waiting) > self._hold_seconds:
                 self._stop_holding(pair, state)
             self._release(pair)
 
@@ -264,17 +265,19 @@ class LiveTail:
         state = self._pairs[healed.pair]
         now = time.monotonic()
         late: list[Trade] = []
+        taken = 0
         for trade in healed.trades:
             trade_id = trade.trade_id
             if trade_id in state.blocking:
                 state.blocking.remove(trade_id)
                 bisect.insort(state.waiting, _Waiting(trade, now), key=_waiting_id)
+                taken += 1
             elif trade_id in state.late:
                 state.late.remove(trade_id)
                 late.append(trade)
+                taken += 1
             # Otherwise handed back meanwhile: the backfill's now.
-        count = len(healed.trades)
-        self.stats.healed[healed.pair] = self.stats.healed.get(healed.pair, 0) + count
+        self.stats.healed[healed.pair] = self.stats.healed.get(healed.pair, 0) + taken
         if late:
             self.stats.healed_late += len(late)
             self._write(state, late)
