@@ -1,5 +1,6 @@
 """`kraken_trades_history` against the simulator and the session broker."""
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -69,8 +70,10 @@ def test_partition_writes_exactly_its_days_trades_in_id_order(
     broker: str, simulator: SimulatorProcess, market: SimulatedMarket
 ) -> None:
     topic = unique_topic()
+    started_ms = time.time() * 1000
     with instance_for_test() as instance:
         result = _run(MIDNIGHT_KEY, backfill_resources(broker, simulator, topic), instance)
+    ended_ms = time.time() * 1000
     ids = expected_ids(market, MIDNIGHT_KEY)
     window = PartitionWindow.from_key(MIDNIGHT_KEY)
 
@@ -81,6 +84,8 @@ def test_partition_writes_exactly_its_days_trades_in_id_order(
         expected = market.trade("BTC/USD", trade_id)
         assert record.key == "BTC-USD"
         assert record.timestamp_ms == expected.time_us // 1000
+        # When its REST page arrived: during the run.
+        assert started_ms <= record.value["received_ms"] <= ended_ms
         assert record.value == {
             "pair": "BTC/USD",
             "price": expected.price,
@@ -92,6 +97,7 @@ def test_partition_writes_exactly_its_days_trades_in_id_order(
             "ord_type": expected.ord_type,
             "exchange": "kraken",
             "source": "backfill",
+            "received_ms": record.value["received_ms"],
         }
 
     metadata = _metadata(result)
