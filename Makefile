@@ -8,11 +8,13 @@ BIN := $(VENV)/bin
 COMPOSE_FILE := docker-compose/docker-compose.yml
 # The `docker compose` plugin when present, else the standalone docker-compose.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# The test markers `make test-fast` deselects (pyproject.toml lists them); `make test` runs all.
+SLOW_MARKERS := faults or browser or postgres or compose or stack or slow
 # The project name on the command line, not in the file: Debian's docker-compose 1.29 rejects `name:`.
 COMPOSE_ARGS := -p trades-platform -f $(COMPOSE_FILE)
 
-.PHONY: help install system-deps run dev test soak bench ruff format clean broker simulator start-redpanda stop-redpanda \
-	start-platform stop-platform
+.PHONY: help install system-deps run dev test test-fast soak bench ruff format clean broker simulator \
+	start-redpanda stop-redpanda start-platform stop-platform
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -35,8 +37,11 @@ dev: run ## Same as run
 system-deps: ## Install (apt) and start what the tests need: PostgreSQL, Chromium, docker-compose
 	.ci/system-deps
 
-test: install system-deps ## Run the test suite (real broker, simulator, Dagster instance, Postgres)
+test: install system-deps ## Run the whole test suite, as CI does (real broker, simulator, Dagster, Postgres)
 	$(BIN)/python -m pytest
+
+test-fast: install ## The fast tier for development (< 5 min): no faults, browser, Postgres, compose, dev stack
+	$(BIN)/python -m pytest -m "not ($(SLOW_MARKERS))"
 
 soak: install ## Live job 10 min against the simulator, a socket fault every 30 s; lost/duplicated per pair (SOAK_ARGS="--minutes 2")
 	$(BIN)/python -m soak $(SOAK_ARGS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,50 +20,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from bench.spec import RunSpec
 from bench.worker import RESULT_PREFIX
 from trades_platform.local_broker import LocalBroker
-from trades_platform.processes import stop_process
+from trades_platform.testing import ServerProcess, SimulatorProcess
 
 REPO = Path(__file__).resolve().parent.parent
-_REPLAY_READY = re.compile(r"replay ready (?P<ws>ws://\S+) rest (?P<rest>http://\S+)")
-_SIMULATOR_READY = re.compile(r"ready (?P<ws>ws://\S+) rest (?P<rest>http://\S+)")
-_PARTITIONS = 3  # ProducerSettings' default: the product's topic layout
-
-
-class ServerProcess:
-    """A child process that prints a ready line with its URLs; stopped on exit."""
-
-    def __init__(self, command: list[str], ready: re.Pattern[str], log_path: Path) -> None:
-        self._command = command
-        self._ready = ready
-        self._log_path = log_path
-        self._process: subprocess.Popen[str] | None = None
-        self.urls: dict[str, str] = {}
-
-    def start(self, timeout_seconds: float = 60.0) -> ServerProcess:
-        """Start and wait for the ready line."""
-        log = open(self._log_path, "w")  # noqa: SIM115 - closed by the pump thread
-        self._process = subprocess.Popen(
-            self._command, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1
-        )
-        ready = threading.Event()
-        threading.Thread(target=self._pump, args=(ready, log), daemon=True).start()
-        if not ready.wait(timeout_seconds):
-            self.stop()
-            raise RuntimeError(f"{self._command} not ready; see {self._log_path}")
-        return self
-
-    def _pump(self, ready: threading.Event, log: Any) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        with log:
-            for line in self._process.stdout:
-                log.write(line)
-                match = self._ready.search(line)
-                if match and not ready.is_set():
-                    self.urls = match.groupdict()
-                    ready.set()
-
-    def stop(self) -> None:
-        """Terminate and reap."""
-        stop_process(self._process)
+_PARTITIONS = 3  # KafkaSettings' default: the product's topic layout
 
 
 class Harness:
@@ -95,30 +54,17 @@ class Harness:
                     "--rest-trades",
                     str(self._rest_trades),
                 ],
-                _REPLAY_READY,
-                self.log_dir / "replay.log",
-            ).start()
+                cwd=REPO,
+                log_path=self.log_dir / "replay.log",
+            ).start(timeout_seconds=60)
             self._stack.callback(replay.stop)
-            self.ws_url, self.rest_url = replay.urls["ws"], replay.urls["rest"]
-            simulator = ServerProcess(
-                [
-                    sys.executable,
-                    "-m",
-                    "trades_platform.simulator",
-                    "--port",
-                    "0",
-                    "--pairs",
-                    "BTC/USD",
-                    "--rest-rate-limit",
-                    "1",
-                    "--log-level",
-                    "WARNING",
-                ],
-                _SIMULATOR_READY,
-                self.log_dir / "simulator.log",
-            ).start()
+            self.ws_url, self.rest_url = replay.ws_url, replay.rest_url
+            simulator = SimulatorProcess(
+                *("--pairs", "BTC/USD", "--rest-rate-limit", "1", "--log-level", "WARNING"),
+                log_path=self.log_dir / "simulator.log",
+            ).start(timeout_seconds=60)
             self._stack.callback(simulator.stop)
-            self.paced_rest_url = simulator.urls["rest"]
+            self.paced_rest_url = simulator.rest_url
         except BaseException:
             self._stack.close()
             raise

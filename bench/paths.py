@@ -31,7 +31,8 @@ from bench import frames
 from bench.spec import RunSpec
 from trades_platform.kraken.rest import KrakenRestClient, RestSettings
 from trades_platform.kraken.websocket import KrakenTradeStream, StreamSettings
-from trades_platform.producer import ProducerSettings, TradeProducer
+from trades_platform.producer import TradeProducer, quix_connection
+from trades_platform.settings import KafkaSettings
 from trades_platform.trade import Trade, parse_time_iso
 
 # Runs must end; a path that stalls fails the benchmark instead of hanging it.
@@ -97,10 +98,17 @@ def _confluent_of(producer: TradeProducer) -> Producer:
     return producer._producer._producer
 
 
-def _producer_settings(spec: RunSpec) -> ProducerSettings:
-    return ProducerSettings(
-        broker_address=spec.broker, topic=spec.topic, extra_config=dict(spec.producer_extra)
-    )
+def _producer_settings(spec: RunSpec) -> KafkaSettings:
+    return KafkaSettings(broker_address=spec.broker, topic=spec.topic)
+
+
+def _producer_config(spec: RunSpec) -> dict[str, Any]:
+    """The product's producer settings with the run's overrides."""
+    return {**_producer_settings(spec).producer_config(), **spec.producer_extra}
+
+
+def _trade_producer(spec: RunSpec) -> TradeProducer:
+    return TradeProducer(_producer_settings(spec), extra_config=dict(spec.producer_extra))
 
 
 def _ws_url(spec: RunSpec, rate: float = 0.0) -> str:
@@ -123,7 +131,7 @@ class _BareProducer:
     """A confluent-kafka Producer with the product's settings and an ack counter."""
 
     def __init__(self, spec: RunSpec) -> None:
-        config = {"bootstrap.servers": spec.broker, **_producer_settings(spec).producer_config()}
+        config = {"bootstrap.servers": spec.broker, **_producer_config(spec)}
         self.producer = Producer(config)
         self.acknowledged = 0
         self.failed = 0
@@ -197,10 +205,9 @@ def live_baseline(spec: RunSpec) -> dict[str, Any]:
     """A straightforward first version: json, pydantic per trade, Quix per trade, a log line."""
     from quixstreams import Application
 
-    settings = _producer_settings(spec)
     app = Application(
-        broker_address=settings.connection(),
-        producer_extra_config=settings.producer_config(),
+        broker_address=quix_connection(_producer_settings(spec)),
+        producer_extra_config=_producer_config(spec),
         auto_create_topics=True,
     )
     topic = app.topic(spec.topic, key_serializer="str", value_serializer="json")
@@ -293,7 +300,7 @@ def _run_stream(
 
 def live_product(spec: RunSpec) -> dict[str, Any]:
     """The product: KrakenTradeStream (parse, validate, de-dup) -> TradeProducer -> acked."""
-    producer = TradeProducer(_producer_settings(spec))
+    producer = _trade_producer(spec)
     _warm_up(_confluent_of(producer), spec.topic)
     clock = _Clock()
     total = _run_stream(spec, producer, _ws_url(spec), clock.start)
@@ -307,7 +314,7 @@ def live_product(spec: RunSpec) -> dict[str, Any]:
 class _TimedTradeProducer(TradeProducer):
     """Records when each acknowledgment is served, with the message it acknowledges."""
 
-    def __init__(self, settings: ProducerSettings) -> None:
+    def __init__(self, settings: KafkaSettings) -> None:
         super().__init__(settings)
         self.acks: list[tuple[int, bytes, float]] = []
 
@@ -320,7 +327,7 @@ class _TimedTradeProducer(TradeProducer):
 
 def live_latency(spec: RunSpec) -> dict[str, Any]:
     """The product path at `spec.rate` trades/s: trade time (= send time) -> delivery callback."""
-    producer = _TimedTradeProducer(_producer_settings(spec))
+    producer = _TimedTradeProducer(_producer_settings(spec), extra_config=dict(spec.producer_extra))
     _warm_up(_confluent_of(producer), spec.topic)
     clock = _Clock()
     total = _run_stream(spec, producer, _ws_url(spec, spec.rate), clock.start)
@@ -398,7 +405,7 @@ def _backfill(
     """The asset's loop without Dagster: pages -> records -> send -> poll, then flush."""
     from trades_platform.backfill.asset import BackfillSummary
 
-    producer = TradeProducer(_producer_settings(spec))
+    producer = _trade_producer(spec)
     _warm_up(_confluent_of(producer), spec.topic)
     client = KrakenRestClient(settings, log=_QUIET)
     summary = BackfillSummary()

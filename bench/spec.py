@@ -28,7 +28,7 @@ class RunSpec:
     socket_timeout: float | None = None
     # The baseline with websocket-client's pure-Python UTF-8 check off, to show what it costs.
     skip_utf8: bool = False
-    # librdkafka settings on top of ProducerSettings.producer_config(), for experiments.
+    # librdkafka settings on top of KafkaSettings.producer_config(), for experiments.
     producer_extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -34,8 +34,13 @@ from trades_platform.live.job import live_trades_job
 from trades_platform.local_broker import LocalBroker
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform_tests.support.simulator import SimulatorProcess
-from trades_platform_tests.support.topic import TopicRecord, read_topic, unique_topic
+from trades_platform.testing import (
+    SimulatorProcess,
+    TopicRecord,
+    count_pairs,
+    read_topic,
+    unique_topic,
+)
 
 WATCHDOG_SECONDS = 5.0
 # Longer than the watchdog, so the client reconnects and meets a gap it must heal.
@@ -132,34 +137,25 @@ def report(
     stopped_us: int,
 ) -> list[PairReport]:
     """Per pair: the covered range (first id in the topic to the market's newest at the stop)."""
-    ids: dict[str, list[int]] = {pair: [] for pair in pairs}
     healed: Counter[str] = Counter()
     for record in records:
-        ids.setdefault(record.value["pair"], []).append(record.value["trade_id"])
         healed[record.value["pair"]] += record.value["source"] == "heal"
-    reports = []
-    for pair in pairs:
-        present = ids[pair]
-        unique = set(present)
-        if not unique:
-            reports.append(PairReport(pair, sent.get(pair, 0), 0, 0, 0, 0, 0, 0))
-            continue
-        # The run may have stopped a moment before the market did; anything older is owed.
-        newest = max(max(unique), market.last_id_at_or_before(pair, stopped_us))
-        expected = newest - min(unique) + 1
-        reports.append(
-            PairReport(
-                pair=pair,
-                sent_by_simulator=sent.get(pair, 0),
-                market_in_range=expected,
-                in_topic=len(present),
-                healed=healed[pair],
-                unique=len(unique),
-                lost=expected - len(unique),
-                duplicated=len(present) - len(unique),
-            )
+    # The run may have stopped a moment before the market did; anything older is owed.
+    owed = {pair: market.last_id_at_or_before(pair, stopped_us) for pair in pairs}
+    counts = count_pairs(records, pairs=pairs, last_ids=owed)
+    return [
+        PairReport(
+            pair=pair,
+            sent_by_simulator=sent.get(pair, 0),
+            market_in_range=counts[pair].expected,
+            in_topic=counts[pair].in_topic,
+            healed=healed[pair],
+            unique=counts[pair].distinct,
+            lost=counts[pair].lost,
+            duplicated=counts[pair].duplicated,
         )
-    return reports
+        for pair in pairs
+    ]
 
 
 def stopped_counts(line: str) -> dict[str, int]:

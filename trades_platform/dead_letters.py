@@ -7,7 +7,8 @@ import time
 from quixstreams import Application
 
 from trades_platform.kraken.websocket import RejectedFrame
-from trades_platform.producer import ProducerSettings
+from trades_platform.producer import quix_connection
+from trades_platform.settings import KafkaSettings
 
 # Raw input is cut to this many characters: the reason matters, a 10 MB frame does not.
 MAX_RAW_CHARS = 65_536
@@ -16,10 +17,10 @@ MAX_RAW_CHARS = 65_536
 class DeadLetterProducer:
     """Writes rejected input with its reason; never raises into the hot path."""
 
-    def __init__(self, settings: ProducerSettings, source: str) -> None:
+    def __init__(self, settings: KafkaSettings, source: str) -> None:
         self.source = source
         self._app = Application(
-            broker_address=settings.connection(),
+            broker_address=quix_connection(settings),
             producer_extra_config=settings.producer_config(),
             auto_create_topics=True,
         )

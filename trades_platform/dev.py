@@ -13,7 +13,6 @@ Ctrl-C stops everything this command started.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from trades_platform.local_broker import DEFAULT_PORT as BROKER_PORT
 from trades_platform.local_broker import LocalBroker, free_port, wait_for_port
+from trades_platform.processes import signal_group, stop_process
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KRAKEN_HOST = "ws.kraken.com"
@@ -179,23 +179,12 @@ class DevStack:
         """Stop Dagster first (it flushes the live run), then the simulator and the broker."""
         for name, process in reversed(self._processes):
             print(f"Stopping {name}...", flush=True)
-            _signal_group(process, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait()
+            stop_process(process, timeout_seconds=30, group=True)
             # Run workers outlive `dagster dev`'s own exit by a moment; stop them too.
             time.sleep(1)
-            _signal_group(process, signal.SIGKILL)
+            signal_group(process, signal.SIGKILL)
         if self._broker is not None:
             self._broker.stop()
-
-
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    """Send a signal to the process group a child leads, if it is still there."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signum)
 
 
 def _stop_on_sigterm(_signum: int, _frame: object) -> None:

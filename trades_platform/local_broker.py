@@ -14,12 +14,12 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import TracebackType
 
 from trades_platform.processes import stop_process
+from trades_platform.settings import local_broker_port
 
 DEFAULT_PORT = 19092
 
@@ -63,7 +63,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def wait_for_port(host: str, port: int, timeout_seconds: float) -> None:
@@ -131,9 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("LOCAL_BROKER_PORT", DEFAULT_PORT))
-    )
+    parser.add_argument("--port", type=int, default=local_broker_port(DEFAULT_PORT))
     args = parser.parse_args()
     command = broker_command(args.port)
     print(f"local broker (tansu, memory storage) on 127.0.0.1:{args.port}", flush=True)
@@ -143,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
@@ -16,6 +15,7 @@ from quixstreams import Application
 from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import TopicConfig
 
+from trades_platform.settings import KafkaSettings
 from trades_platform.trade import Trade
 
 logger = logging.getLogger(__name__)
@@ -25,64 +25,22 @@ class DeliveryError(RuntimeError):
     """The broker refused or never acknowledged a trade: the run must fail, not go on silently."""
 
 
-@dataclass(frozen=True)
-class ProducerSettings:
-    """Where the topic lives and how the producer talks to it."""
-
-    broker_address: str = "127.0.0.1:19092"
-    topic: str = "trades"
-    partitions: int = 3
-    replication_factor: int = 1
-    linger_ms: int = 5
-    compression_type: str = "lz4"
-    # How long the producer keeps retrying one message while the broker is unreachable.
-    delivery_timeout_ms: int = 120_000
-    security_protocol: str | None = None
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_ca_location: str | None = None
-    extra_config: dict[str, Any] = field(default_factory=dict)
-
-    def connection(self) -> ConnectionConfig:
-        """Quix Streams connection settings, with SASL/TLS when configured."""
-        options: dict[str, Any] = {"bootstrap_servers": self.broker_address}
-        if self.security_protocol:
-            options["security_protocol"] = self.security_protocol.lower()
-        if self.sasl_mechanism:
-            options["sasl_mechanism"] = self.sasl_mechanism.upper()
-        if self.sasl_username:
-            options["sasl_username"] = self.sasl_username
-        if self.sasl_password:
-            options["sasl_password"] = self.sasl_password
-        if self.ssl_ca_location:
-            options["ssl_ca_location"] = self.ssl_ca_location
-        return ConnectionConfig(**options)
-
-    def producer_config(self) -> dict[str, Any]:
-        """librdkafka producer settings; idempotence stops retries from writing duplicates."""
-        return {
-            "enable.idempotence": True,
-            "acks": "all",
-            # Most of a trade's send-to-ack latency: it waits up to linger.ms for its batch.
-            "linger.ms": self.linger_ms,
-            "compression.type": self.compression_type,
-            # Otherwise a small produce request can wait for the previous one's TCP ACK (Nagle's
-            # algorithm): latency for nothing on a stream of small batches.
-            "socket.nagle.disable": True,
-            "delivery.timeout.ms": self.delivery_timeout_ms,
-            **self.extra_config,
-        }
+def quix_connection(settings: KafkaSettings) -> ConnectionConfig:
+    """Quix Streams' connection settings, from the one librdkafka client configuration."""
+    return ConnectionConfig.from_librdkafka_dict(settings.client_config())
 
 
 class TradeProducer:
     """Produces trades with the pair as key and the trade time as message timestamp."""
 
-    def __init__(self, settings: ProducerSettings) -> None:
+    def __init__(
+        self, settings: KafkaSettings, *, extra_config: dict[str, Any] | None = None
+    ) -> None:
+        """`extra_config`: librdkafka producer overrides (benchmarks, tests)."""
         self.settings = settings
         self._app = Application(
-            broker_address=settings.connection(),
-            producer_extra_config=settings.producer_config(),
+            broker_address=quix_connection(settings),
+            producer_extra_config={**settings.producer_config(), **(extra_config or {})},
             auto_create_topics=True,
         )
         # Declaring the topic creates it on the broker when it does not exist yet.
@@ -91,7 +49,7 @@ class TradeProducer:
             key_serializer="str",
             value_serializer="json",
             config=TopicConfig(
-                num_partitions=settings.partitions,
+                num_partitions=settings.topic_partitions,
                 replication_factor=settings.replication_factor,
             ),
         )

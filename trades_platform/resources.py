@@ -5,69 +5,116 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from types import UnionType
+from typing import TYPE_CHECKING, Any, ClassVar, Self, Union, get_args, get_origin
 
-from dagster import ConfigurableResource
-from pydantic import Field
+from dagster import ConfigurableResource, EnvVar
+from pydantic import Field, SecretStr
 
-from trades_platform.kraken.rest import MAX_PAGE_SIZE, KrakenRestClient, RestSettings
+from trades_platform.kraken.rest import KrakenRestClient, RestSettings
 from trades_platform.kraken.websocket import (
     KrakenTradeStream,
     RejectedFrame,
     StreamSettings,
     TradeGap,
 )
-from trades_platform.producer import ProducerSettings, TradeProducer
+from trades_platform.producer import TradeProducer
+from trades_platform.settings import (
+    KafkaSettings,
+    KrakenSettings,
+    SettingsError,
+    SettingsGroup,
+    from_environment,
+    is_set,
+)
 from trades_platform.trade import Source
 
 
-class KrakenResource(ConfigurableResource):
+def _mirror(model: type[SettingsGroup], field: str) -> Any:
+    """A resource field mirroring a setting: its default, and its description with the variable."""
+    info = model.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    if isinstance(default, tuple):
+        default = list(default)
+    return Field(default=default, description=f"{info.description} ({model.variable(field)})")
+
+
+if TYPE_CHECKING:
+    # Dagster's base is generic in what the resource yields; at run time it is used bare.
+    _ResourceBase = ConfigurableResource[Any]
+else:
+    _ResourceBase = ConfigurableResource
+
+
+class _MirroredResource(_ResourceBase):
+    """A resource whose fields mirror one settings group, field for field."""
+
+    settings_model: ClassVar[type[SettingsGroup]]
+
+    @classmethod
+    def from_environment(cls) -> Self:
+        """The resource bound to the environment: checked there first, then bound by `EnvVar`.
+
+        Text and whole-number settings that are set stay `EnvVar`s, so the UI shows the variable
+        a value came from; Dagster has no `EnvVar` for the others, which are passed as read.
+        Secrets only ever come from the environment and only as `EnvVar`s.
+        """
+        model = cls.settings_model
+        settings = from_environment(model)
+        values: dict[str, Any] = {}
+        for name, info in cls.model_fields.items():
+            value = getattr(settings, name)
+            kind = _plain_type(info.annotation)
+            if is_set(model, name) and kind is str:
+                value = EnvVar(model.variable(name))
+            elif is_set(model, name) and kind is int:
+                value = EnvVar.int(model.variable(name))
+            elif isinstance(value, SecretStr):
+                raise SettingsError(f"{model.variable(name)}: a secret must be a text setting")
+            elif isinstance(value, tuple):
+                value = list(value)
+            values[name] = value
+        return cls(**values)
+
+    def _settings(self) -> Any:
+        return self.settings_model(
+            **{name: getattr(self, name) for name in self.settings_model.model_fields}
+        )
+
+
+def _plain_type(annotation: Any) -> Any:
+    """`str` for `str` and `str | None`, `int` for `int`, `list[str]` for itself."""
+    if get_origin(annotation) not in (Union, UnionType):
+        return annotation
+    members = [member for member in get_args(annotation) if member is not type(None)]
+    return members[0] if len(members) == 1 else annotation
+
+
+class KrakenResource(_MirroredResource):
     """Kraken's public market data: WebSocket v2 for live trades, REST for history."""
 
-    ws_url: str = Field(default="wss://ws.kraken.com/v2", description="KRAKEN_WS_URL")
-    rest_url: str = Field(default="https://api.kraken.com", description="KRAKEN_REST_URL")
-    pairs: list[str] = Field(description="WebSocket v2 pair names, from KRAKEN_PAIRS")
-    snapshot: bool = Field(default=True, description="Ask for the last 50 trades on subscribe")
-    watchdog_seconds: float = Field(
-        default=5.0,
-        description="Reconnect after this long without any frame (KRAKEN_WATCHDOG_SECONDS)",
-    )
-    connect_timeout_seconds: float = 10.0
-    backoff_initial_seconds: float = 0.5
-    backoff_max_seconds: float = 30.0
-    rest_requests_per_second: float = Field(
-        default=1.0,
-        gt=0,
-        description="Client-side pace of REST calls; Kraken's public limit is about 1/s per IP "
-        "(KRAKEN_REST_REQUESTS_PER_SECOND)",
-    )
-    rest_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="Per REST call (KRAKEN_REST_TIMEOUT_SECONDS)"
-    )
-    rest_max_retries: int = Field(
-        default=5,
-        ge=0,
-        description="Retries of one REST call after network errors, 5xx or EService errors "
-        "(KRAKEN_REST_MAX_RETRIES)",
-    )
-    rest_max_rate_limit_retries: int = Field(
-        default=30,
-        ge=0,
-        description="Retries of one REST call after rate-limit answers "
-        "(KRAKEN_REST_MAX_RATE_LIMIT_RETRIES)",
-    )
-    rest_backoff_initial_seconds: float = Field(
-        default=1.0, ge=0, description="First back-off after a failed REST call"
-    )
-    rest_backoff_max_seconds: float = Field(
-        default=60.0, ge=0, description="Longest back-off between two REST attempts"
-    )
-    rest_page_size: int = Field(
-        default=MAX_PAGE_SIZE,
-        ge=1,
-        le=MAX_PAGE_SIZE,
-        description="Trades per /0/public/Trades page (`count`; KRAKEN_REST_PAGE_SIZE)",
-    )
+    settings_model: ClassVar[type[SettingsGroup]] = KrakenSettings
+
+    ws_url: str = _mirror(KrakenSettings, "ws_url")
+    rest_url: str = _mirror(KrakenSettings, "rest_url")
+    pairs: list[str] = _mirror(KrakenSettings, "pairs")
+    snapshot: bool = _mirror(KrakenSettings, "snapshot")
+    watchdog_seconds: float = _mirror(KrakenSettings, "watchdog_seconds")
+    connect_timeout_seconds: float = _mirror(KrakenSettings, "connect_timeout_seconds")
+    backoff_initial_seconds: float = _mirror(KrakenSettings, "backoff_initial_seconds")
+    backoff_max_seconds: float = _mirror(KrakenSettings, "backoff_max_seconds")
+    rest_requests_per_second: float = _mirror(KrakenSettings, "rest_requests_per_second")
+    rest_timeout_seconds: float = _mirror(KrakenSettings, "rest_timeout_seconds")
+    rest_max_retries: int = _mirror(KrakenSettings, "rest_max_retries")
+    rest_max_rate_limit_retries: int = _mirror(KrakenSettings, "rest_max_rate_limit_retries")
+    rest_backoff_initial_seconds: float = _mirror(KrakenSettings, "rest_backoff_initial_seconds")
+    rest_backoff_max_seconds: float = _mirror(KrakenSettings, "rest_backoff_max_seconds")
+    rest_page_size: int = _mirror(KrakenSettings, "rest_page_size")
+
+    def kraken_settings(self) -> KrakenSettings:
+        """The resource's values, checked by the settings model."""
+        settings: KrakenSettings = self._settings()
+        return settings
 
     def trade_stream(
         self,
@@ -80,14 +127,15 @@ class KrakenResource(ConfigurableResource):
         resume_after: dict[str, tuple[int, int]] | None = None,
     ) -> KrakenTradeStream:
         """A WebSocket `trade` subscription for `pairs` (default: every configured pair)."""
+        kraken = self.kraken_settings()
         settings = StreamSettings(
-            url=self.ws_url,
-            pairs=list(pairs if pairs is not None else self.pairs),
-            snapshot=self.snapshot,
-            watchdog_seconds=self.watchdog_seconds,
-            connect_timeout_seconds=self.connect_timeout_seconds,
-            backoff_initial_seconds=self.backoff_initial_seconds,
-            backoff_max_seconds=self.backoff_max_seconds,
+            url=kraken.ws_url,
+            pairs=list(pairs if pairs is not None else kraken.pairs),
+            snapshot=kraken.snapshot,
+            watchdog_seconds=kraken.watchdog_seconds,
+            connect_timeout_seconds=kraken.connect_timeout_seconds,
+            backoff_initial_seconds=kraken.backoff_initial_seconds,
+            backoff_max_seconds=kraken.backoff_max_seconds,
         )
         return KrakenTradeStream(
             settings,
@@ -100,15 +148,16 @@ class KrakenResource(ConfigurableResource):
 
     def rest_settings(self) -> RestSettings:
         """The plain settings object the REST client is built from."""
+        kraken = self.kraken_settings()
         return RestSettings(
-            url=self.rest_url,
-            requests_per_second=self.rest_requests_per_second,
-            timeout_seconds=self.rest_timeout_seconds,
-            max_retries=self.rest_max_retries,
-            max_rate_limit_retries=self.rest_max_rate_limit_retries,
-            backoff_initial_seconds=self.rest_backoff_initial_seconds,
-            backoff_max_seconds=self.rest_backoff_max_seconds,
-            page_size=self.rest_page_size,
+            url=kraken.rest_url,
+            requests_per_second=kraken.rest_requests_per_second,
+            timeout_seconds=kraken.rest_timeout_seconds,
+            max_retries=kraken.rest_max_retries,
+            max_rate_limit_retries=kraken.rest_max_rate_limit_retries,
+            backoff_initial_seconds=kraken.rest_backoff_initial_seconds,
+            backoff_max_seconds=kraken.rest_backoff_max_seconds,
+            page_size=kraken.rest_page_size,
         )
 
     def rest_client(self, *, log: logging.Logger | None = None) -> KrakenRestClient:
@@ -118,48 +167,35 @@ class KrakenResource(ConfigurableResource):
         )
 
 
-class RedpandaResource(ConfigurableResource):
+class RedpandaResource(_MirroredResource):
     """The Kafka-protocol broker (Redpanda in production) and the `trades` topic on it."""
 
-    broker_address: str = Field(default="127.0.0.1:19092", description="KAFKA_BROKER_ADDRESS")
-    topic: str = Field(default="trades", description="KAFKA_TOPIC")
-    partitions: int = Field(default=3, description="Partitions when the topic is created")
-    replication_factor: int = Field(default=1, description="KAFKA_REPLICATION_FACTOR")
-    linger_ms: int = 5
-    compression_type: str = "lz4"
-    delivery_timeout_ms: int = Field(
-        default=120_000,
-        description="How long a trade may wait for an unreachable broker before the run fails",
-    )
-    security_protocol: str | None = Field(default=None, description="KAFKA_SECURITY_PROTOCOL")
-    sasl_mechanism: str | None = Field(default=None, description="KAFKA_SASL_MECHANISM")
-    sasl_username: str | None = Field(default=None, description="KAFKA_SASL_USERNAME")
-    sasl_password: str | None = Field(default=None, description="KAFKA_SASL_PASSWORD")
-    ssl_ca_location: str | None = Field(default=None, description="KAFKA_SSL_CA_LOCATION")
+    settings_model: ClassVar[type[SettingsGroup]] = KafkaSettings
 
-    def producer_settings(self) -> ProducerSettings:
-        """The plain settings object the producer is built from."""
-        return ProducerSettings(
-            broker_address=self.broker_address,
-            topic=self.topic,
-            partitions=self.partitions,
-            replication_factor=self.replication_factor,
-            linger_ms=self.linger_ms,
-            compression_type=self.compression_type,
-            delivery_timeout_ms=self.delivery_timeout_ms,
-            security_protocol=self.security_protocol,
-            sasl_mechanism=self.sasl_mechanism,
-            sasl_username=self.sasl_username,
-            sasl_password=self.sasl_password,
-            ssl_ca_location=self.ssl_ca_location,
-        )
+    broker_address: str = _mirror(KafkaSettings, "broker_address")
+    topic: str = _mirror(KafkaSettings, "topic")
+    topic_partitions: int = _mirror(KafkaSettings, "topic_partitions")
+    replication_factor: int = _mirror(KafkaSettings, "replication_factor")
+    delivery_timeout_ms: int = _mirror(KafkaSettings, "delivery_timeout_ms")
+    linger_ms: int = _mirror(KafkaSettings, "linger_ms")
+    compression_type: str = _mirror(KafkaSettings, "compression_type")
+    security_protocol: str | None = _mirror(KafkaSettings, "security_protocol")
+    sasl_mechanism: str | None = _mirror(KafkaSettings, "sasl_mechanism")
+    sasl_username: str | None = _mirror(KafkaSettings, "sasl_username")
+    sasl_password: str | None = _mirror(KafkaSettings, "sasl_password")
+    ssl_ca_location: str | None = _mirror(KafkaSettings, "ssl_ca_location")
+
+    def kafka_settings(self) -> KafkaSettings:
+        """The resource's values, checked by the settings model."""
+        settings: KafkaSettings = self._settings()
+        return settings
 
     @contextmanager
     def trade_producer(self, delivery_timeout_ms: int | None = None) -> Iterator[TradeProducer]:
         """A producer that is flushed on the way out, even when the run is interrupted."""
-        settings = self.producer_settings()
+        settings = self.kafka_settings()
         if delivery_timeout_ms is not None:
-            settings = replace(settings, delivery_timeout_ms=delivery_timeout_ms)
+            settings = settings.model_copy(update={"delivery_timeout_ms": delivery_timeout_ms})
         producer = TradeProducer(settings)
         try:
             yield producer

@@ -7,36 +7,11 @@ tansu answers "latest" with the last batch's base offset + 1, which would cut a 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from trades_platform.producer import ProducerSettings
-
 _BATCH = 5000
-
-
-def consumer_config(settings: ProducerSettings) -> dict[str, Any]:
-    """A throwaway, read-committed consumer on the producer's broker and credentials."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.broker_address,
-        "group.id": f"trades-platform-reader-{uuid.uuid4().hex}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-    }
-    optional = {
-        "security.protocol": settings.security_protocol,
-        "sasl.mechanism": settings.sasl_mechanism,
-        "sasl.username": settings.sasl_username,
-        "sasl.password": settings.sasl_password,
-        "ssl.ca.location": settings.ssl_ca_location,
-    }
-    config.update({name: value for name, value in optional.items() if value})
-    return config
 
 
 def topic_partitions(consumer: Consumer, topic: str) -> list[int] | None:

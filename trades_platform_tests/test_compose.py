@@ -22,6 +22,8 @@ import yaml
 from trades_platform.local_broker import free_port
 from trades_platform.processes import stop_process
 
+pytestmark = pytest.mark.compose
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose" / "docker-compose.yml"
 PLATFORM = ("postgres", "trades-platform-code", "dagster-webserver", "dagster-daemon")

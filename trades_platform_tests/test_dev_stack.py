@@ -7,8 +7,12 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
+from trades_platform.testing import duplicated_ids, read_topic, unique_topic
 from trades_platform_tests.support.stack import running_stack, wait_for
-from trades_platform_tests.support.topic import duplicated_ids, read_topic, unique_topic
+
+pytestmark = pytest.mark.stack
 
 LIVE_JOB = "live_trades_job"
 

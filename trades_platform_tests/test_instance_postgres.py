@@ -19,8 +19,8 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 from psycopg2 import sql
 
 from trades_platform.dev import prepare_dagster_home
+from trades_platform.testing import unique_topic
 from trades_platform_tests.support.stack import FINISHED, PROJECT_ROOT, running_stack, wait_for
-from trades_platform_tests.support.topic import unique_topic
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
@@ -133,6 +133,7 @@ def hello_job() -> None:
     say_hello()
 
 
+@pytest.mark.postgres
 def test_instance_from_postgres_config_stores_a_run(
     pg_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +159,8 @@ def test_instance_from_postgres_config_stores_a_run(
     assert run_id in _stored_run_ids(pg_env["DAGSTER_PG_DB"])
 
 
+@pytest.mark.postgres
+@pytest.mark.stack
 def test_runs_logs_and_schedule_survive_a_restart(
     pg_env: dict[str, str], broker: str, tmp_path: Path
 ) -> None:

@@ -7,7 +7,8 @@ from confluent_kafka import Consumer, TopicPartition
 from quixstreams import Application
 from quixstreams.models import TopicConfig
 
-from trades_platform.producer import ProducerSettings, TradeProducer
+from trades_platform.producer import TradeProducer, quix_connection
+from trades_platform.settings import KafkaSettings
 from trades_platform.trade import Trade
 
 
@@ -56,15 +57,15 @@ def _read_raw(broker: str, topic: str, expected: int) -> list[tuple[bytes, bytes
 def test_send_writes_quix_bytes_timestamps_and_partitions(broker: str) -> None:
     trades = _trades(50)
     ours = f"wire-ours-{uuid.uuid4().hex[:8]}"
-    producer = TradeProducer(ProducerSettings(broker_address=broker, topic=ours))
+    producer = TradeProducer(KafkaSettings(broker_address=broker, topic=ours))
     producer.send(trades)
     producer.flush()
     assert producer.acknowledged == len(trades)
 
     # The reference: Quix's own serialization and produce, to a topic of the same layout.
-    settings = ProducerSettings(broker_address=broker, topic=f"wire-quix-{uuid.uuid4().hex[:8]}")
+    settings = KafkaSettings(broker_address=broker, topic=f"wire-quix-{uuid.uuid4().hex[:8]}")
     app = Application(
-        broker_address=settings.connection(),
+        broker_address=quix_connection(settings),
         producer_extra_config=settings.producer_config(),
         auto_create_topics=True,
     )
@@ -91,12 +92,8 @@ def test_send_writes_quix_bytes_timestamps_and_partitions(broker: str) -> None:
 
 
 def test_send_waits_for_room_when_librdkafka_queue_is_full(broker: str) -> None:
-    settings = ProducerSettings(
-        broker_address=broker,
-        topic=f"wire-full-{uuid.uuid4().hex[:8]}",
-        extra_config={"queue.buffering.max.messages": 20},
-    )
-    producer = TradeProducer(settings)
+    settings = KafkaSettings(broker_address=broker, topic=f"wire-full-{uuid.uuid4().hex[:8]}")
+    producer = TradeProducer(settings, extra_config={"queue.buffering.max.messages": 20})
     producer.send(_trades(500))
     producer.flush()
     assert (producer.sent, producer.acknowledged, producer.failed) == (500, 500, 0)

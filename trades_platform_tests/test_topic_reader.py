@@ -4,9 +4,9 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from trades_platform.producer import ProducerSettings
-from trades_platform.topic_reader import consumer_config, read_to_end, topic_partitions
-from trades_platform_tests.support.topic import unique_topic
+from trades_platform.settings import KafkaSettings
+from trades_platform.testing import unique_topic
+from trades_platform.topic_reader import read_to_end, topic_partitions
 
 
 def _topic_with(broker: str, records: int) -> str:
@@ -22,7 +22,7 @@ def _topic_with(broker: str, records: int) -> str:
 
 def test_reads_every_partition_to_its_end(broker: str) -> None:
     topic = _topic_with(broker, 1000)
-    consumer = Consumer(consumer_config(ProducerSettings(broker_address=broker, topic=topic)))
+    consumer = Consumer(KafkaSettings(broker_address=broker, topic=topic).consumer_config())
     try:
         partitions = topic_partitions(consumer, topic)
         assert partitions == [0, 1, 2]
@@ -39,7 +39,7 @@ def test_reads_every_partition_to_its_end(broker: str) -> None:
 
 def test_a_partition_that_never_reaches_its_end_is_a_timeout_naming_it(broker: str) -> None:
     topic = _topic_with(broker, 10)
-    consumer = Consumer(consumer_config(ProducerSettings(broker_address=broker, topic=topic)))
+    consumer = Consumer(KafkaSettings(broker_address=broker, topic=topic).consumer_config())
     try:
         assert topic_partitions(consumer, unique_topic("absent")) is None
         # Partition 7 does not exist: no record and no end of partition ever comes from it.

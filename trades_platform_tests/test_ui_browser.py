@@ -20,8 +20,10 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from trades_platform.backfill.partitions import PartitionWindow
 from trades_platform.simulator.market import SimulatedMarket
+from trades_platform.testing import unique_topic
 from trades_platform_tests.support.stack import PROJECT_ROOT, RunningStack, running_stack
-from trades_platform_tests.support.topic import unique_topic
+
+pytestmark = [pytest.mark.browser, pytest.mark.stack]
 
 CHROMIUM = Path("/usr/bin/chromium")
 # What this machine's closed network needs: no sandbox as root, no calls home, no QUIC.

@@ -23,8 +23,9 @@ from trades_platform.coverage.window_leases import LEASE_SECONDS as WINDOW_LEASE
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.kraken.protocol import RestTradeRow
 from trades_platform.kraken.rest import KrakenRestClient
-from trades_platform.producer import ProducerSettings, TradeProducer
+from trades_platform.producer import TradeProducer
 from trades_platform.resources import KrakenResource, RedpandaResource
+from trades_platform.settings import KafkaSettings
 from trades_platform.trade import format_time_us
 
 # Log progress every this many pages: about every 10 s at Kraken's 1 call/s.
@@ -138,7 +139,7 @@ class WindowBackfill:
         window: PartitionWindow,
         lease: WindowLeaseHolder,
         summary: BackfillSummary,
-        settings: ProducerSettings,
+        settings: KafkaSettings,
         context: AssetExecutionContext,
     ) -> None:
         self.window = window
@@ -312,7 +313,7 @@ def _log_waiting(ahead: list[LeaseAhead], context: AssetExecutionContext) -> Non
 )
 def kraken_trades_history(
     context: AssetExecutionContext, kraken: KrakenResource, redpanda: RedpandaResource
-) -> MaterializeResult:
+) -> MaterializeResult[None]:
     """Fetch the partition's day page by page, write each page, flush, report."""
     window = PartitionWindow.from_key(context.partition_key)
     summary = BackfillSummary()
@@ -321,7 +322,7 @@ def kraken_trades_history(
         f"{redpanda.broker_address} (pace {kraken.rest_requests_per_second} calls/s, "
         f"{kraken.rest_page_size} trades/page)"
     )
-    settings = redpanda.producer_settings()
+    settings = redpanda.kafka_settings()
     # One backfill of a window at a time, across Dagster instances (coverage/window_leases.py).
     with WindowLeaseHolder(
         settings,

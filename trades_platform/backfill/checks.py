@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
 from trades_platform.backfill.readback import WindowRecord, read_pair_window
+from trades_platform.id_counts import count_ids
 from trades_platform.resources import RedpandaResource
 from trades_platform.trade import Trade
 
@@ -72,29 +73,23 @@ def id_sequence_report(
     not_increasing = 0
     for ids in ids_by_partition.values():
         not_increasing += sum(1 for before, after in pairwise(ids) if after <= before)
-    all_ids = [trade_id for ids in ids_by_partition.values() for trade_id in ids]
-    distinct = sorted(set(all_ids))
-    hole_examples = [
-        f"after {before} comes {after}"
-        for before, after in pairwise(distinct)
-        if after != before + 1
-    ]
-    first = distinct[0] if distinct else None
-    last = distinct[-1] if distinct else None
-    holes = (last - first + 1 - len(distinct)) if first is not None and last is not None else 0
+    counted = count_ids(trade_id for ids in ids_by_partition.values() for trade_id in ids)
+    first, last = counted.first_id, counted.last_id
     missing_edges: list[str] = []
     if expected_first is not None and (first is None or first > expected_first):
         missing_edges.append(f"first trade {expected_first} written by the asset is missing")
     if expected_last is not None and (last is None or last < expected_last):
         missing_edges.append(f"last trade {expected_last} written by the asset is missing")
     return IdSequenceReport(
-        count=len(all_ids),
-        distinct=len(distinct),
+        count=counted.in_topic,
+        distinct=counted.distinct,
         first_id=first,
         last_id=last,
-        holes=holes,
-        hole_examples=hole_examples[:_EXAMPLES],
-        duplicates=len(all_ids) - len(distinct),
+        holes=counted.lost,
+        hole_examples=[
+            f"after {low - 1} comes {high + 1}" for low, high in counted.holes[:_EXAMPLES]
+        ],
+        duplicates=counted.duplicated,
         not_increasing=not_increasing,
         missing_edges=missing_edges,
     )
@@ -150,8 +145,8 @@ def _reported_edges(context: AssetCheckExecutionContext) -> tuple[int | None, in
     metadata: Mapping[str, Any] = materialization.metadata if materialization else {}
     first, last = metadata.get("first_trade_id"), metadata.get("last_trade_id")
     return (
-        first.value if first is not None else None,  # type: ignore[union-attr]
-        last.value if last is not None else None,  # type: ignore[union-attr]
+        first.value if first is not None else None,
+        last.value if last is not None else None,
     )
 
 
@@ -184,13 +179,17 @@ def kraken_trades_history_checks(
 ) -> Iterator[AssetCheckResult]:
     """Read the partition's window back once and judge it twice."""
     window = PartitionWindow.from_key(context.partition_key)
-    settings = redpanda.producer_settings()
+    settings = redpanda.kafka_settings()
     read = read_pair_window(settings, window.pair, window.start_ms, window.end_ms)
     context.log.info(
         f"Read back {len(read.records)} records of {window.describe()} from topic "
         f"{redpanda.topic!r} (scanned {read.scanned} messages)"
     )
-    common = {"window": window.describe(), "topic": redpanda.topic, "scanned": read.scanned}
+    common: dict[str, Any] = {
+        "window": window.describe(),
+        "topic": redpanda.topic,
+        "scanned": read.scanned,
+    }
     selected = {key.name for key in context.selected_asset_check_keys}
 
     if IDS_CHECK in selected:

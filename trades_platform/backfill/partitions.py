@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -13,22 +12,16 @@ from dagster import (
     StaticPartitionsDefinition,
 )
 
-from trades_platform.settings import configured_pairs
+from trades_platform.settings import BackfillSettings, configured_pairs, from_environment
 from trades_platform.trade import format_time_us
 
-DEFAULT_START_DATE = "2024-01-01"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_US = 86_400_000_000
 
 
 def backfill_start_date() -> str:
-    """First partition day, from `BACKFILL_START_DATE` (`YYYY-MM-DD`, default 2024-01-01)."""
-    text = os.environ.get("BACKFILL_START_DATE", "").strip() or DEFAULT_START_DATE
-    try:
-        date.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"BACKFILL_START_DATE={text!r} is not a YYYY-MM-DD date") from None
-    return text
+    """First partition day (`BACKFILL_START_DATE`), as `YYYY-MM-DD`."""
+    return from_environment(BackfillSettings).start_date.isoformat()
 
 
 def trades_history_partitions() -> MultiPartitionsDefinition:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from trades_platform.producer import ProducerSettings
-from trades_platform.topic_reader import consumer_config, read_to_end, topic_partitions
+from trades_platform.settings import KafkaSettings
+from trades_platform.topic_reader import read_to_end, topic_partitions
 from trades_platform.trade import message_key_for
 
 
@@ -38,7 +38,7 @@ class WindowRead:
 
 
 def read_pair_window(
-    settings: ProducerSettings,
+    settings: KafkaSettings,
     pair: str,
     start_ms: int,
     end_ms: int,
@@ -48,7 +48,7 @@ def read_pair_window(
     """Every record keyed for `pair` with a message timestamp in [start_ms, end_ms)."""
     topic = settings.topic
     key = message_key_for(pair).encode()
-    consumer = Consumer(consumer_config(settings))
+    consumer = Consumer(settings.consumer_config())
     try:
         partitions = topic_partitions(consumer, topic)
         if partitions is None:

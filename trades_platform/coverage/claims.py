@@ -44,7 +44,7 @@ from trades_platform.coverage.coverage_log import (
 )
 from trades_platform.coverage.id_ranges import IdRanges
 from trades_platform.coverage.window_leases import BACKFILL_PAGE_BOUND_SECONDS
-from trades_platform.producer import ProducerSettings
+from trades_platform.settings import KafkaSettings
 
 CLAIM_KEY_PREFIX = "live-claim|"
 BEAT_KEY_PREFIX = "live-beat|"
@@ -130,7 +130,7 @@ class ObservedClaim:
 class ClaimBoard:
     """Every live writer's claims, read incrementally from the coverage log and watched."""
 
-    def __init__(self, settings: ProducerSettings, owner: str | None = None) -> None:
+    def __init__(self, settings: KafkaSettings, owner: str | None = None) -> None:
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex
         ensure_coverage_topic(settings)
@@ -243,7 +243,7 @@ class TailClaimHolder:
 
     def __init__(
         self,
-        settings: ProducerSettings,
+        settings: KafkaSettings,
         pairs: Iterable[str],
         *,
         lease_seconds: float,
@@ -413,7 +413,7 @@ class TailClaimHolder:
         with self._board_lock:
             claims = self._board.read()
             own = self._board.own_claims()
-        ahead = []
+        ahead: list[ObservedClaim] = []
         for pair in self._pairs:
             mine = own.get(pair)
             if mine is None:

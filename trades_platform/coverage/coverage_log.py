@@ -28,8 +28,8 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from trades_platform.producer import ProducerSettings
-from trades_platform.topic_reader import consumer_config, read_to_end
+from trades_platform.settings import KafkaSettings
+from trades_platform.topic_reader import read_to_end
 
 logger = logging.getLogger(__name__)
 
@@ -39,30 +39,19 @@ CLOCK_MARGIN_MS = 10 * 60 * 1000
 POLL_SECONDS = 1.0
 
 
-def coverage_topic(settings: ProducerSettings) -> str:
+def coverage_topic(settings: KafkaSettings) -> str:
     """The coverage topic that goes with the trades topic."""
     return f"{settings.topic}.coverage"
 
 
-def client_config(settings: ProducerSettings) -> dict[str, object]:
-    """The broker address and credentials of `settings`, for producers and admin clients."""
-    config = consumer_config(settings)
-    return {
-        name: value
-        for name, value in config.items()
-        if name in ("bootstrap.servers", "security.protocol", "sasl.mechanism")
-        or name.startswith(("sasl.", "ssl."))
-    }
-
-
-def coverage_producer(settings: ProducerSettings) -> Producer:
+def coverage_producer(settings: KafkaSettings) -> Producer:
     """An idempotent producer for coverage records (its retries never write a record twice)."""
-    return Producer({**client_config(settings), "enable.idempotence": True})
+    return Producer({**settings.client_config(), "enable.idempotence": True})
 
 
-def ensure_coverage_topic(settings: ProducerSettings) -> None:
+def ensure_coverage_topic(settings: KafkaSettings) -> None:
     """Create the compacted, single-partition coverage topic if it does not exist."""
-    admin = AdminClient(client_config(settings))
+    admin = AdminClient(settings.client_config())
     name = coverage_topic(settings)
     if name in admin.list_topics(timeout=10).topics:
         return
@@ -117,10 +106,10 @@ class CoverageLogReader:
     JSON object is skipped and counted in `skipped`, never raised.
     """
 
-    def __init__(self, settings: ProducerSettings) -> None:
+    def __init__(self, settings: KafkaSettings) -> None:
         self.topic = coverage_topic(settings)
         self.skipped = 0
-        self._consumer = Consumer(consumer_config(settings))
+        self._consumer = Consumer(settings.consumer_config())
         self._next_offset = 0
 
     def new_records(self, timeout_seconds: float = 30.0) -> list[tuple[int, str, dict[str, Any]]]:

@@ -9,8 +9,8 @@ import orjson
 from confluent_kafka import Consumer
 
 from trades_platform.coverage.id_ranges import IdRanges
-from trades_platform.producer import ProducerSettings
-from trades_platform.topic_reader import consumer_config, read_to_end, topic_partitions
+from trades_platform.settings import KafkaSettings
+from trades_platform.topic_reader import read_to_end, topic_partitions
 from trades_platform.trade import message_key_for, parse_time_iso
 
 
@@ -24,7 +24,7 @@ class PairIds:
 
 
 def scan_topic_ids(
-    settings: ProducerSettings, pairs: list[str], *, timeout_seconds: float = 120.0
+    settings: KafkaSettings, pairs: list[str], *, timeout_seconds: float = 120.0
 ) -> dict[str, PairIds]:
     """Read the topic from the start to the end of every partition; collect each pair's ids.
 
@@ -32,7 +32,7 @@ def scan_topic_ids(
     """
     by_key = {message_key_for(pair).encode(): pair for pair in pairs}
     found = {pair: PairIds() for pair in pairs}
-    consumer = Consumer(consumer_config(settings))
+    consumer = Consumer(settings.consumer_config())
     try:
         partitions = topic_partitions(consumer, settings.topic) or []
         messages = read_to_end(

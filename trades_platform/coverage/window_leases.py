@@ -41,7 +41,7 @@ from trades_platform.coverage.coverage_log import (
     ensure_coverage_topic,
     publish_and_wait,
 )
-from trades_platform.producer import ProducerSettings
+from trades_platform.settings import KafkaSettings
 from trades_platform.trade import format_time_us
 
 # A backfill's page is acknowledged or failed within this bound (its producer's delivery timeout).
@@ -104,7 +104,7 @@ class WindowLeaseHolder:
 
     def __init__(
         self,
-        settings: ProducerSettings,
+        settings: KafkaSettings,
         pair: str,
         start_us: int,
         end_us: int,

@@ -20,11 +20,12 @@ import requests
 
 from trades_platform.kraken.pairs import PairDirectory, RestPair, UnknownPairError
 from trades_platform.kraken.protocol import RestTradeRow, parse_rest_row
+from trades_platform.settings import KRAKEN_MAX_PAGE_SIZE, KrakenSettings, default_of
 from trades_platform.trade import Source, Trade, format_time_us
 
 logger = logging.getLogger(__name__)
 
-MAX_PAGE_SIZE = 1000  # Kraken's limit for `count`
+MAX_PAGE_SIZE = KRAKEN_MAX_PAGE_SIZE
 _RATE_LIMIT_ERRORS = ("EAPI:Rate limit exceeded", "EGeneral:Too many requests")
 _UNAVAILABLE_ERRORS = ("EService:Unavailable", "EService:Busy")
 _UNKNOWN_PAIR_ERROR = "EQuery:Unknown asset pair"
@@ -56,19 +57,19 @@ class WindowNotClosedError(KrakenRestError):
 
 @dataclass(frozen=True)
 class RestSettings:
-    """Where Kraken's REST API is and how politely to use it."""
+    """Where Kraken's REST API is and how politely to use it (defaults: `KrakenSettings`)."""
 
-    url: str = "https://api.kraken.com"
+    url: str = default_of(KrakenSettings, "rest_url")
     # Kraken's public limit is about one call per second per IP (and, for Trades, per pair).
-    requests_per_second: float = 1.0
-    timeout_seconds: float = 10.0
+    requests_per_second: float = default_of(KrakenSettings, "rest_requests_per_second")
+    timeout_seconds: float = default_of(KrakenSettings, "rest_timeout_seconds")
     # Network errors, HTTP 5xx and EService errors, per request.
-    max_retries: int = 5
+    max_retries: int = default_of(KrakenSettings, "rest_max_retries")
     # Rate-limit answers, per request: they only slow a run down, so allow many more.
-    max_rate_limit_retries: int = 30
-    backoff_initial_seconds: float = 1.0
-    backoff_max_seconds: float = 60.0
-    page_size: int = MAX_PAGE_SIZE
+    max_rate_limit_retries: int = default_of(KrakenSettings, "rest_max_rate_limit_retries")
+    backoff_initial_seconds: float = default_of(KrakenSettings, "rest_backoff_initial_seconds")
+    backoff_max_seconds: float = default_of(KrakenSettings, "rest_backoff_max_seconds")
+    page_size: int = default_of(KrakenSettings, "rest_page_size")
 
     def __post_init__(self) -> None:
         if not self.requests_per_second > 0:
@@ -405,7 +406,7 @@ class KrakenRestClient:
         """Exponential, capped, with jitter so that parallel runs do not retry in step."""
         ceiling = min(
             self.settings.backoff_max_seconds,
-            self.settings.backoff_initial_seconds * 2 ** (attempt - 1),
+            self.settings.backoff_initial_seconds * float(1 << (attempt - 1)),
         )
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 

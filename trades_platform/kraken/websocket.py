@@ -31,6 +31,7 @@ from trades_platform.kraken.protocol import (
     TradesMessage,
     parse_frame,
 )
+from trades_platform.settings import KrakenSettings, default_of
 from trades_platform.trade import Source, Trade
 
 logger = logging.getLogger(__name__)
@@ -56,13 +57,12 @@ class StreamSettings:
 
     url: str
     pairs: Sequence[str]
-    snapshot: bool = True
-    # Kraken's reconnection guide: about 5 s without any frame (heartbeats included) is a dead link.
-    watchdog_seconds: float = 5.0
-    connect_timeout_seconds: float = 10.0
+    snapshot: bool = default_of(KrakenSettings, "snapshot")
+    watchdog_seconds: float = default_of(KrakenSettings, "watchdog_seconds")
+    connect_timeout_seconds: float = default_of(KrakenSettings, "connect_timeout_seconds")
     subscribe_timeout_seconds: float = 10.0
-    backoff_initial_seconds: float = 0.5
-    backoff_max_seconds: float = 30.0
+    backoff_initial_seconds: float = default_of(KrakenSettings, "backoff_initial_seconds")
+    backoff_max_seconds: float = default_of(KrakenSettings, "backoff_max_seconds")
     # How often `batches()` yields even without trades, so the caller can log and check its bounds.
     idle_yield_seconds: float = 1.0
 
@@ -270,7 +270,7 @@ class KrakenTradeStream:
             if not awaiting_ack:
                 self._failures = 0
             return
-        if ack.symbol in self.settings.pairs:
+        if ack.symbol is not None and ack.symbol in self.settings.pairs:
             raise UnsupportedPairError(ack.symbol, ack.error)
         self._log.warning(f"Kraken refused a subscription: {ack.error}")
 

@@ -73,7 +73,7 @@ def stream_live_trades(
 ) -> None:
     """Claim, wait for any other live writer, read the topic, stream; release on the way out."""
     pairs = list(config.pairs or kraken.pairs)
-    settings = redpanda.producer_settings()
+    settings = redpanda.kafka_settings()
     context.log.info(
         f"Streaming {pairs} from {kraken.ws_url} to topic {redpanda.topic!r} at "
         f"{redpanda.broker_address} (max_trades={config.max_trades}, "
@@ -116,7 +116,7 @@ def _stream(
     pairs: list[str],
 ) -> None:
     """The streaming loop proper: socket in, ordered writes out, heals beside it."""
-    settings = redpanda.producer_settings()
+    settings = redpanda.kafka_settings()
     dead_letters = DeadLetterProducer(settings, source="live")
     healer = GapHealer(
         kraken.rest_client(log=context.log),

@@ -10,7 +10,6 @@ up as a failed check even though it reports nothing itself.
 
 # No `from __future__ import annotations`: Dagster reads the check's annotations at import.
 
-import os
 import time
 from collections.abc import Iterator
 
@@ -31,11 +30,10 @@ from dagster import (
     define_asset_job,
 )
 
-from trades_platform.settings import configured_pairs
+from trades_platform.settings import LiveSettings, configured_pairs, from_environment
 
 LIVE_ASSET_KEY = AssetKey("kraken_trades_live")
 OBSERVATION_INTERVAL_SECONDS = 60.0
-DEFAULT_FRESHNESS_SECONDS = 300.0
 
 LIVE_PAIRS = StaticPartitionsDefinition(configured_pairs())
 
@@ -55,12 +53,8 @@ kraken_trades_live = AssetSpec(
 
 
 def freshness_bound_seconds() -> float:
-    """How old a pair's newest trade may be (`LIVE_FRESHNESS_SECONDS`, default 300)."""
-    raw = os.environ.get("LIVE_FRESHNESS_SECONDS", "")
-    try:
-        return float(raw) if raw else DEFAULT_FRESHNESS_SECONDS
-    except ValueError:
-        raise ValueError(f"LIVE_FRESHNESS_SECONDS={raw!r} is not a number") from None
+    """How old a pair's newest trade may be (`LIVE_FRESHNESS_SECONDS`)."""
+    return from_environment(LiveSettings).freshness_seconds
 
 
 def pair_observations(figures: dict[str, dict[str, float | int]]) -> Iterator[AssetObservation]:

@@ -19,7 +19,6 @@ in the order it is checked:
 
 from __future__ import annotations
 
-import os
 import time
 
 from dagster import (
@@ -35,7 +34,12 @@ from dagster import (
 )
 
 from trades_platform.live.job import LIVE_SHARD_TAG, live_trades_job
-from trades_platform.settings import configured_pairs
+from trades_platform.settings import (
+    LiveSettings,
+    SettingsError,
+    configured_pairs,
+    from_environment,
+)
 
 ACTIVE_STATUSES = [
     DagsterRunStatus.QUEUED,
@@ -54,7 +58,7 @@ def relaunch_delay_seconds(consecutive_failures: int) -> float:
     """Back-off before relaunching after `consecutive_failures` failed runs in a row."""
     if consecutive_failures <= 0:
         return 0.0
-    return min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (consecutive_failures - 1))
+    return min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * float(1 << (consecutive_failures - 1)))
 
 
 @sensor(
@@ -81,13 +85,9 @@ def live_trades_sensor(context: SensorEvaluationContext) -> SensorResult:
 def live_shards() -> list[list[str]]:
     """The pairs of each live run: `LIVE_SHARDS` runs (default 1), pairs dealt round-robin."""
     pairs = configured_pairs()
-    raw = os.environ.get("LIVE_SHARDS", "1")
-    try:
-        count = int(raw)
-    except ValueError:
-        raise ValueError(f"LIVE_SHARDS={raw!r} is not a whole number") from None
-    if not 1 <= count <= len(pairs):
-        raise ValueError(f"LIVE_SHARDS={count} must be between 1 and the {len(pairs)} pairs")
+    count = from_environment(LiveSettings).shards
+    if count > len(pairs):
+        raise SettingsError(f"LIVE_SHARDS={count}: at most the {len(pairs)} configured pairs")
     return [pairs[shard::count] for shard in range(count)]
 
 
@@ -141,7 +141,7 @@ def _decide_for_shard(
 
 def stale_after_seconds() -> float:
     """How long a STARTED live run may stay silent before it is presumed dead."""
-    return float(os.environ.get("LIVE_RUN_STALE_SECONDS", "120"))
+    return from_environment(LiveSettings).run_stale_seconds
 
 
 def _seconds_since_last_event(instance: DagsterInstance, run: DagsterRun) -> float:

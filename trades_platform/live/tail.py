@@ -28,7 +28,7 @@ from trades_platform.coverage.topic_ids import PairIds, scan_topic_ids
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.kraken.websocket import TradeGap
 from trades_platform.live.healer import GapHealer, GaveUp, Healed
-from trades_platform.producer import ProducerSettings
+from trades_platform.settings import KafkaSettings
 from trades_platform.trade import Trade
 
 # Clocks differ: near midnight, act as if the day had already turned.
@@ -94,7 +94,7 @@ class LiveTail:
     def __init__(
         self,
         *,
-        settings: ProducerSettings,
+        settings: KafkaSettings,
         writer: DeduplicatingWriter,
         holder: TailClaimHolder,
         healer: GapHealer,

@@ -59,7 +59,7 @@ def _hash(text: str) -> bytes:
 
 def _unit(chunk: bytes) -> float:
     """Map bytes to a float in [0, 1)."""
-    return int.from_bytes(chunk, "big") / 2 ** (8 * len(chunk))
+    return int.from_bytes(chunk, "big") / float(1 << (8 * len(chunk)))
 
 
 class SimulatedMarket:

@@ -9,7 +9,7 @@ import pytest
 from trades_platform.backfill.partitions import PartitionWindow
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform.testing import SimulatorProcess
 
 PAIRS = ("BTC/USD", "ETH/USD")
 # At this rate BTC/USD trade 14741879 is at exactly 2024-01-23T00:00:00.000000Z (found by a

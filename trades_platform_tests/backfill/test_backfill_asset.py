@@ -4,6 +4,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from dagster import (
     Definitions,
     ExecuteInProcessResult,
@@ -17,6 +18,13 @@ from trades_platform.backfill.checks import IDS_CHECK, RECORDS_CHECK, kraken_tra
 from trades_platform.backfill.job import backfill_trades_job
 from trades_platform.backfill.partitions import PartitionWindow
 from trades_platform.simulator.market import SimulatedMarket
+from trades_platform.testing import (
+    SimulatorProcess,
+    duplicated_ids,
+    ids_by_pair,
+    read_topic,
+    unique_topic,
+)
 from trades_platform.trade import format_time_us
 from trades_platform_tests.backfill.conftest import (
     MIDNIGHT,
@@ -24,13 +32,6 @@ from trades_platform_tests.backfill.conftest import (
     MIDNIGHT_KEY,
     backfill_resources,
     expected_ids,
-)
-from trades_platform_tests.support.simulator import SimulatorProcess
-from trades_platform_tests.support.topic import (
-    duplicated_ids,
-    ids_by_pair,
-    read_topic,
-    unique_topic,
 )
 
 
@@ -114,6 +115,7 @@ def test_partition_writes_exactly_its_days_trades_in_id_order(
     assert set(_checks(result)) == {IDS_CHECK, RECORDS_CHECK}
 
 
+@pytest.mark.slow
 def test_the_day_before_ends_just_before_the_midnight_trade(
     broker: str, simulator: SimulatorProcess, market: SimulatedMarket
 ) -> None:
@@ -130,6 +132,7 @@ def test_the_day_before_ends_just_before_the_midnight_trade(
     assert all(evaluation.passed for evaluation in _checks(result).values())
 
 
+@pytest.mark.slow
 def test_rate_limit_answers_slow_the_partition_down_but_lose_nothing(
     broker: str, simulator: SimulatorProcess, market: SimulatedMarket
 ) -> None:
@@ -174,6 +177,7 @@ def test_unknown_pair_fails_the_run_with_a_clear_message(broker: str) -> None:
     assert read_topic(broker, topic, idle_seconds=1.0) == []
 
 
+@pytest.mark.slow
 def test_a_partition_run_twice_writes_its_day_once(
     broker: str, simulator: SimulatorProcess, market: SimulatedMarket
 ) -> None:
@@ -200,6 +204,7 @@ def test_a_partition_run_twice_writes_its_day_once(
         assert _checks(result)[RECORDS_CHECK].passed
 
 
+@pytest.mark.slow
 def test_the_job_runs_the_asset_and_its_checks_for_one_partition(
     broker: str, simulator: SimulatorProcess, market: SimulatedMarket
 ) -> None:

@@ -14,12 +14,13 @@ from trades_platform.backfill.checks import (
 )
 from trades_platform.backfill.job import backfill_trades_job
 from trades_platform.backfill.partitions import PartitionWindow
-from trades_platform.producer import ProducerSettings, TradeProducer
+from trades_platform.producer import TradeProducer
 from trades_platform.resources import KrakenResource, RedpandaResource
+from trades_platform.settings import KafkaSettings
 from trades_platform.simulator.market import SimulatedMarket
+from trades_platform.testing import unique_topic
 from trades_platform.trade import Trade
 from trades_platform_tests.backfill.conftest import expected_ids
-from trades_platform_tests.support.topic import unique_topic
 
 KEY = "2024-03-01|BTC/USD"
 
@@ -44,7 +45,7 @@ def _trades(market: SimulatedMarket, pair: str, ids: list[int]) -> list[Trade]:
 
 
 def _write(broker: str, topic: str, trades: list[Trade]) -> None:
-    producer = TradeProducer(ProducerSettings(broker_address=broker, topic=topic))
+    producer = TradeProducer(KafkaSettings(broker_address=broker, topic=topic))
     producer.send(trades)
     producer.flush()
 

@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform_tests.backfill.conftest import PAIRS, expected_ids
-from trades_platform_tests.support.simulator import SimulatorProcess
-from trades_platform_tests.support.topic import (
+from trades_platform.testing import (
+    SimulatorProcess,
     duplicated_ids,
     ids_by_pair,
     read_topic,
     unique_topic,
 )
+from trades_platform_tests.backfill.conftest import PAIRS, expected_ids
+
+pytestmark = pytest.mark.slow
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 KEY = "2024-01-02|BTC/USD"

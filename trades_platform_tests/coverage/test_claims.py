@@ -23,19 +23,19 @@ from trades_platform.coverage.claims import (
 from trades_platform.coverage.coverage_log import CLOCK_MARGIN_MS, HeartbeatWatch
 from trades_platform.live.tail import backfill_may_reach
 from trades_platform.processes import stop_process
-from trades_platform.producer import ProducerSettings
-from trades_platform_tests.support.topic import unique_topic
+from trades_platform.settings import KafkaSettings
+from trades_platform.testing import unique_topic
 
 DAY_US = 86_400_000_000
 
 
-def _settings(broker: str) -> ProducerSettings:
-    return ProducerSettings(broker_address=broker, topic=unique_topic("claims"))
+def _settings(broker: str) -> KafkaSettings:
+    return KafkaSettings(broker_address=broker, topic=unique_topic("claims"))
 
 
 @contextmanager
 def _holding(
-    settings: ProducerSettings, pairs: list[str], owner: str, lease_seconds: float = 60.0
+    settings: KafkaSettings, pairs: list[str], owner: str, lease_seconds: float = 60.0
 ) -> Iterator[TailClaimHolder]:
     holder = TailClaimHolder(settings, pairs, lease_seconds=lease_seconds, owner=owner)
     holder.acquire()
@@ -51,6 +51,7 @@ def quick_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(claims_module, "HEARTBEAT_SECONDS", 0.5)
 
 
+@pytest.mark.slow
 def test_a_claim_is_seen_by_others_with_its_ids_and_hand_backs(
     broker: str, quick_heartbeats: None
 ) -> None:
@@ -86,6 +87,7 @@ def test_a_claim_is_seen_by_others_with_its_ids_and_hand_backs(
         board.close()
 
 
+@pytest.mark.slow
 def test_a_second_live_run_fails_while_the_first_is_alive_and_goes_once_it_released(
     broker: str, quick_heartbeats: None
 ) -> None:
@@ -107,6 +109,7 @@ def test_a_second_live_run_fails_while_the_first_is_alive_and_goes_once_it_relea
         assert fourth.wait_for_turn() == 0.0
 
 
+@pytest.mark.slow
 def test_a_killed_live_run_is_waited_out_for_its_lease_then_presumed_over(broker: str) -> None:
     settings = _settings(broker)
     holder = subprocess.Popen(
@@ -116,8 +119,8 @@ def test_a_killed_live_run_is_waited_out_for_its_lease_then_presumed_over(broker
             "import sys, time\n"
             "from trades_platform.coverage import claims\n"
             "claims.HEARTBEAT_SECONDS = 0.5\n"
-            "from trades_platform.producer import ProducerSettings\n"
-            "settings = ProducerSettings(broker_address=sys.argv[1], topic=sys.argv[2])\n"
+            "from trades_platform.settings import KafkaSettings\n"
+            "settings = KafkaSettings(broker_address=sys.argv[1], topic=sys.argv[2])\n"
             "holder = claims.TailClaimHolder(settings, ['BTC/USD'], lease_seconds=4.0, "
             "owner='killed')\n"
             "holder.acquire()\n"

@@ -17,27 +17,26 @@ from trades_platform.coverage import window_leases
 from trades_platform.coverage.claims import ClaimBoard, TailClaimHolder
 from trades_platform.coverage.coverage_log import (
     CLOCK_MARGIN_MS,
-    client_config,
     coverage_topic,
     publish_and_wait,
 )
 from trades_platform.coverage.window_leases import WindowLease, WindowLeaseHolder
 from trades_platform.processes import stop_process
-from trades_platform.producer import ProducerSettings
-from trades_platform_tests.support.topic import unique_topic
+from trades_platform.settings import KafkaSettings
+from trades_platform.testing import unique_topic
 
 DAY_US = 86_400_000_000
 DAY_2 = (19_800 * DAY_US, 19_801 * DAY_US)
 DAY_3 = (19_801 * DAY_US, 19_802 * DAY_US)
 
 
-def _settings(broker: str) -> ProducerSettings:
-    return ProducerSettings(broker_address=broker, topic=unique_topic("leases"))
+def _settings(broker: str) -> KafkaSettings:
+    return KafkaSettings(broker_address=broker, topic=unique_topic("leases"))
 
 
 @contextmanager
 def _holding(
-    settings: ProducerSettings, pair: str, window: tuple[int, int], owner: str
+    settings: KafkaSettings, pair: str, window: tuple[int, int], owner: str
 ) -> Iterator[WindowLeaseHolder]:
     holder = WindowLeaseHolder(settings, pair, *window, owner=owner)
     holder.acquire()
@@ -86,6 +85,7 @@ def test_other_days_and_other_pairs_do_not_wait(broker: str) -> None:
             assert {o.lease.owner for o in wide.leases_ahead()} == {"btc-day-2", "btc-day-3"}
 
 
+@pytest.mark.slow
 def test_a_killed_holder_is_presumed_dead_once_its_heartbeat_stands_still(
     broker: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,8 +98,8 @@ def test_a_killed_holder_is_presumed_dead_once_its_heartbeat_stands_still(
             "from trades_platform.coverage import window_leases\n"
             "from trades_platform.coverage.window_leases import WindowLeaseHolder\n"
             "window_leases.HEARTBEAT_SECONDS = 0.5\n"
-            "from trades_platform.producer import ProducerSettings\n"
-            "settings = ProducerSettings(broker_address=sys.argv[1], topic=sys.argv[2])\n"
+            "from trades_platform.settings import KafkaSettings\n"
+            "settings = KafkaSettings(broker_address=sys.argv[1], topic=sys.argv[2])\n"
             f"WindowLeaseHolder(settings, 'BTC/USD', {DAY_2[0]}, {DAY_2[1]}, owner='killed')"
             ".acquire()\n"
             "print('acquired', flush=True)\n"
@@ -134,7 +134,7 @@ def test_a_lease_whose_heartbeat_is_long_past_is_not_waited_for(broker: str) -> 
     stale_ms = int(time.time() * 1000) - int(window_leases.LEASE_SECONDS * 1000)
     stale_ms -= CLOCK_MARGIN_MS + 1000
     stale = WindowLease("BTC/USD", *DAY_2, owner="crashed-last-week", acquired_ms=stale_ms)
-    producer = Producer(client_config(settings))
+    producer = Producer(settings.client_config())
     publish_and_wait(
         producer,
         coverage_topic(settings),
@@ -146,6 +146,7 @@ def test_a_lease_whose_heartbeat_is_long_past_is_not_waited_for(broker: str) -> 
         assert holder.leases_ahead() == []
 
 
+@pytest.mark.slow
 def test_leases_and_tail_claims_share_the_topic_without_mixing(broker: str) -> None:
     settings = _settings(broker)
     live = TailClaimHolder(settings, ["BTC/USD"], lease_seconds=60, owner="live")

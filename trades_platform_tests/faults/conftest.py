@@ -6,7 +6,6 @@ trade). `assert_exactly_once` does that and prints one summary line per pair, wh
 suite reports (`pytest -m faults -s`).
 """
 
-import itertools
 import os
 import re
 import signal
@@ -14,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,13 +31,13 @@ from dagster import (
 from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.partitions import PartitionWindow
 from trades_platform.coverage.claims import ClaimBoard, TailClaim
+from trades_platform.id_counts import IdCount
 from trades_platform.live.job import live_trades_job
 from trades_platform.local_broker import LocalBroker, free_port
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform_tests.support.simulator import SimulatorProcess, cli_env
+from trades_platform.testing import SimulatorProcess, TopicRecord, cli_env, count_pairs, ids_by_pair
 from trades_platform_tests.support.tcp_proxy import TcpProxy
-from trades_platform_tests.support.topic import TopicRecord
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -57,26 +55,14 @@ _BACKFILL_SUMMARY = re.compile(
 BACKFILL_RATE = 0.115053
 
 
-@dataclass(frozen=True)
-class PairCount:
-    """One pair's ids in the topic, against the run of ids they should form."""
-
-    pair: str
-    first_id: int
-    last_id: int
-    expected: int
-    in_topic: int
-    lost: int
-    duplicated: int
-
-    def line(self, label: str, sent: tuple[int, int] | None = None) -> str:
-        """One summary line for the suite's report; `sent` = (WebSocket, REST) trades served."""
-        served = "" if sent is None else f"sent_ws={sent[0]} sent_rest={sent[1]} "
-        return (
-            f"[faults] {label}: {self.pair} ids {self.first_id}..{self.last_id} {served}"
-            f"expected={self.expected} in_topic={self.in_topic} lost={self.lost} "
-            f"duplicated={self.duplicated}"
-        )
+def summary_line(label: str, pair: str, count: IdCount, sent: tuple[int, int] | None = None) -> str:
+    """One summary line for the suite's report; `sent` = (WebSocket, REST) trades served."""
+    served = "" if sent is None else f"sent_ws={sent[0]} sent_rest={sent[1]} "
+    return (
+        f"[faults] {label}: {pair} ids {count.first_id}..{count.last_id} {served}"
+        f"expected={count.expected} in_topic={count.in_topic} lost={count.lost} "
+        f"duplicated={count.duplicated}"
+    )
 
 
 def trades_sent(
@@ -196,28 +182,6 @@ def day_ids(market: SimulatedMarket, partition_key: str) -> list[int]:
     return list(range(first, stop))
 
 
-def count_pairs(records: list[TopicRecord]) -> dict[str, PairCount]:
-    """Per pair: the span of ids in the topic, how many are missing inside it, how many repeat."""
-    by_pair: dict[str, list[int]] = {}
-    for record in records:
-        by_pair.setdefault(record.value["pair"], []).append(record.value["trade_id"])
-    counts: dict[str, PairCount] = {}
-    for pair, ids in sorted(by_pair.items()):
-        unique = set(ids)
-        first, last = min(unique), max(unique)
-        expected = last - first + 1
-        counts[pair] = PairCount(
-            pair=pair,
-            first_id=first,
-            last_id=last,
-            expected=expected,
-            in_topic=len(ids),
-            lost=expected - len(unique),
-            duplicated=len(ids) - len(unique),
-        )
-    return counts
-
-
 def assert_exactly_once(
     records: list[TopicRecord],
     *,
@@ -227,7 +191,7 @@ def assert_exactly_once(
     pairs: Sequence[str] | None = None,
     reaches_us: int | None = None,
     sent: dict[str, tuple[int, int]] | None = None,
-) -> dict[str, PairCount]:
+) -> dict[str, IdCount]:
     """Each pair's ids form one contiguous run with no repeats; with a market, each is true to it.
 
     With `reaches_us`, each pair's newest id is at least the market's newest at that time: a
@@ -235,8 +199,9 @@ def assert_exactly_once(
     `sent` (from `trades_sent`) goes into the report line.
     """
     counts = count_pairs(records)
-    for count in counts.values():
-        print(count.line(label, None if sent is None else sent.get(count.pair, (0, 0))), flush=True)
+    for pair, count in counts.items():
+        served = None if sent is None else sent.get(pair, (0, 0))
+        print(summary_line(label, pair, count, served), flush=True)
     if pairs is not None:
         assert set(counts) == set(pairs), f"pairs in the topic: {sorted(counts)}"
     if reaches_us is not None:
@@ -247,15 +212,9 @@ def assert_exactly_once(
             if count.last_id < market.last_id_at_or_before(pair, reaches_us)
         }
         assert not short, f"{label}: pairs whose newest id stops short (have, want) {short}"
-    repeated = {
-        pair: sorted(i for i, n in Counter(ids_of(records, pair)).items() if n > 1)[:20]
-        for pair, count in counts.items()
-        if count.duplicated
-    }
+    repeated = {pair: count.repeated[:20] for pair, count in counts.items() if count.duplicated}
     assert not repeated, f"{label}: duplicated ids {repeated}"
-    holes = {
-        pair: _holes(ids_of(records, pair))[:10] for pair, count in counts.items() if count.lost
-    }
+    holes = {pair: count.holes[:10] for pair, count in counts.items() if count.lost}
     assert not holes, f"{label}: lost ids (first holes per pair) {holes}"
     for record in records:
         value = record.value
@@ -280,12 +239,7 @@ def wall_us(seconds_ago: float = 0.0) -> int:
 
 def ids_of(records: list[TopicRecord], pair: str) -> list[int]:
     """One pair's ids, in topic order."""
-    return [r.value["trade_id"] for r in records if r.value["pair"] == pair]
-
-
-def _holes(ids: list[int]) -> list[tuple[int, int]]:
-    present = sorted(set(ids))
-    return [(a + 1, b - 1) for a, b in itertools.pairwise(present) if b > a + 1]
+    return ids_by_pair(records).get(pair, [])
 
 
 @dataclass
@@ -421,7 +375,7 @@ def live_cli(
 
 def wait_for_claim(redpanda: RedpandaResource, pair: str, timeout_seconds: float) -> TailClaim:
     """The first live claim on `pair` that claims ids and is not over."""
-    board = ClaimBoard(redpanda.producer_settings(), owner="faults-test-observer")
+    board = ClaimBoard(redpanda.kafka_settings(), owner="faults-test-observer")
     try:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:

@@ -12,6 +12,7 @@ from dagster import DagsterInstance
 
 from trades_platform.resources import RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
+from trades_platform.testing import SimulatorProcess, TopicRecord, cli_env, read_topic, unique_topic
 from trades_platform_tests.faults.conftest import (
     BACKFILL_RATE,
     LIVE_PAIRS,
@@ -31,8 +32,6 @@ from trades_platform_tests.faults.conftest import (
     trades_sent,
     wait_for_claim,
 )
-from trades_platform_tests.support.simulator import SimulatorProcess, cli_env
-from trades_platform_tests.support.topic import TopicRecord, read_topic, unique_topic
 
 pytestmark = pytest.mark.faults
 

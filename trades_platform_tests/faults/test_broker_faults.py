@@ -6,15 +6,23 @@ topic: nothing acknowledged is lost and nothing is written twice.
 """
 
 import time
+from functools import partial
 
 import pytest
 from dagster import DagsterInstance
 
 from trades_platform.coverage import window_leases
 from trades_platform.coverage.window_leases import LeaseLost, WindowLeaseHolder
-from trades_platform.producer import ProducerSettings
 from trades_platform.resources import RedpandaResource
+from trades_platform.settings import KafkaSettings
 from trades_platform.simulator.market import SimulatedMarket
+from trades_platform.testing import (
+    SimulatorProcess,
+    grace_seconds,
+    once_every_pair_is_written,
+    read_topic,
+    unique_topic,
+)
 from trades_platform_tests.faults.conftest import (
     LIVE_PAIRS,
     LIVE_RATE,
@@ -28,8 +36,6 @@ from trades_platform_tests.faults.conftest import (
     trades_sent,
     wall_us,
 )
-from trades_platform_tests.support.simulator import SimulatorProcess
-from trades_platform_tests.support.topic import read_topic, unique_topic
 
 pytestmark = pytest.mark.faults
 
@@ -46,19 +52,27 @@ def test_a_20s_broker_cut_within_the_delivery_timeout_keeps_the_run_alive(
         broker_address=proxied_broker.address, topic=topic, delivery_timeout_ms=60_000
     )
     proxy = proxied_broker.proxy
+    # Long enough after the restore (and librdkafka's reconnect back-off) to show resuming, also
+    # when the claims first wait their grace period (near midnight UTC; testing.live).
+    seconds = 48 + grace_seconds(len(LIVE_PAIRS))
+    cut_at: list[float] = []
+
+    def cut() -> None:
+        cut_at.append(time.monotonic())
+        proxy.cut(CUT_SECONDS)
+
     with SimulatorProcess(*live_flags()) as sim:
-        proxy.cut_later(6.0, CUT_SECONDS)
-        started = time.monotonic()
-        # Long enough after the restore (and librdkafka's reconnect back-off) to show resuming.
-        result = run_live(live_kraken(sim), redpanda, dagster_instance, max_seconds=48)
-        elapsed = time.monotonic() - started
+        # The cut comes once the run streams: both pairs have trades in the topic.
+        with once_every_pair_is_written(proxy.address, topic, LIVE_PAIRS, cut) as cutting:
+            result = run_live(live_kraken(sim), redpanda, dagster_instance, max_seconds=seconds)
+        ended = time.monotonic()
         ended_us = wall_us(seconds_ago=3)
         sent = trades_sent(sim)
     line = stopped_line(run_messages(dagster_instance, result.run_id))
-    assert result.success
+    assert result.success and cutting.is_set()
     assert proxy.stats.cuts == 1 and proxy.stats.connections_cut >= 1, proxy.stats
     assert proxy.stats.refused >= 1, "no client tried the broker during the cut"
-    assert elapsed > 6.0 + CUT_SECONDS
+    assert ended - cut_at[0] > CUT_SECONDS, "the run ended before the broker came back"
     written = int(line.split("Stopped: ")[1].split(" trades written")[0])
     assert f"{written} trades written, {written} acknowledged by the broker, 0 failed" in line
     records = read_topic(proxied_broker.address, topic, expected=written)
@@ -84,11 +98,14 @@ def test_a_cut_past_the_delivery_timeout_fails_the_run_and_the_relaunch_recovers
     proxy = proxied_broker.proxy
     with SimulatorProcess(*live_flags()) as sim:
         kraken = live_kraken(sim)
-        # Late enough that both pairs have trades acknowledged before the cut (the run claims,
-        # waits for its turn and reads the topic first).
-        proxy.cut_later(12.0, CUT_SECONDS)
-        failed = run_live(kraken, redpanda, dagster_instance, raise_on_error=False, max_seconds=60)
-        assert not failed.success
+        # Once both pairs have trades acknowledged (the run claims, waits for its turn, reads the
+        # topic, and near midnight UTC waits the claims' grace period first).
+        cut = partial(proxy.cut, CUT_SECONDS)
+        with once_every_pair_is_written(proxy.address, topic, LIVE_PAIRS, cut) as cutting:
+            failed = run_live(
+                kraken, redpanda, dagster_instance, raise_on_error=False, max_seconds=60
+            )
+        assert cutting.is_set() and not failed.success
         failure = failed.failure_data_for_node("stream_live_trades")
         assert failure is not None and failure.error is not None
         error = failure.error.to_string()
@@ -127,7 +144,7 @@ def test_a_backfill_lease_holder_cut_off_from_the_broker_stops_for_good(
     monkeypatch.setattr(window_leases, "HEARTBEAT_SECONDS", 0.5)
     monkeypatch.setattr(window_leases, "HEARTBEAT_ACK_SECONDS", 0.5)
     monkeypatch.setattr(window_leases, "STANDING_SECONDS", 2.0)
-    settings = ProducerSettings(broker_address=proxied_broker.address, topic=unique_topic())
+    settings = KafkaSettings(broker_address=proxied_broker.address, topic=unique_topic())
     failures: list[str] = []
     day = (19_800 * 86_400_000_000, 19_801 * 86_400_000_000)
     holder = WindowLeaseHolder(

@@ -9,6 +9,7 @@ from dagster import DagsterInstance
 
 from trades_platform.resources import RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
+from trades_platform.testing import SimulatorProcess, cli_env, read_topic, unique_topic
 from trades_platform_tests.faults.conftest import (
     BACKFILL_RATE,
     LIVE_JOB_COMMAND,
@@ -27,8 +28,6 @@ from trades_platform_tests.faults.conftest import (
     trades_sent,
     wall_us,
 )
-from trades_platform_tests.support.simulator import SimulatorProcess, cli_env
-from trades_platform_tests.support.topic import read_topic, unique_topic
 
 pytestmark = pytest.mark.faults
 

@@ -1,5 +1,7 @@
 """The live job against the exchange misbehaving: drops, stalls, malformed frames, REST storms."""
 
+import time
+
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -7,6 +9,13 @@ from dagster import DagsterInstance
 
 from trades_platform.resources import RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
+from trades_platform.testing import (
+    SimulatorProcess,
+    grace_backlog,
+    once_every_pair_is_written,
+    read_topic,
+    unique_topic,
+)
 from trades_platform_tests.faults.conftest import (
     LIVE_PAIRS,
     LIVE_RATE,
@@ -20,34 +29,47 @@ from trades_platform_tests.faults.conftest import (
     trades_sent,
     wall_us,
 )
-from trades_platform_tests.support.simulator import SimulatorProcess
-from trades_platform_tests.support.topic import read_topic, unique_topic
 
 pytestmark = pytest.mark.faults
 
 MARKET = SimulatedMarket(LIVE_PAIRS, LIVE_RATE)
+# The socket faults are switched on once the run streams, and runs write what piled up before
+# (`grace_backlog`): near midnight UTC their claims first wait a grace period (testing.live).
+
+
+def _stall_once(sim: SimulatorProcess, **switches: object) -> None:
+    """Stall the feed once, 8 s, with `switches` on: the run ends streaming, not in a stall."""
+    sim.set_faults(stall_after_trades=200, stall_seconds=8, **switches)
+    deadline = time.monotonic() + 30
+    while sim.stats()["stalls"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sim.set_faults(stall_after_trades=None)
 
 
 def test_socket_drops_mid_stream(broker: str, dagster_instance: DagsterInstance) -> None:
     """Several abrupt drops (1006) in one bounded run: each reconnect resumes without a repeat."""
     topic = unique_topic("faults-drops")
-    # A connection's budget includes its 2 x 50-trade snapshot: about 2 s of new trades each.
-    with SimulatorProcess(*live_flags("--drop-after-trades", "200")) as sim:
-        result = run_live(
-            live_kraken(sim),
-            RedpandaResource(broker_address=broker, topic=topic),
-            dagster_instance,
-            max_trades=500,
-        )
+    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 500
+    with SimulatorProcess(*live_flags()) as sim:
+        # A connection's budget includes its 2 x 50-trade snapshot: about 2 s of new trades each.
+        with once_every_pair_is_written(
+            broker, topic, LIVE_PAIRS, lambda: sim.set_faults(drop_after_trades=200)
+        ) as dropping:
+            result = run_live(
+                live_kraken(sim),
+                RedpandaResource(broker_address=broker, topic=topic),
+                dagster_instance,
+                max_trades=trades,
+            )
         ended_us = wall_us(seconds_ago=3)
         stats = sim.stats()
         sent = trades_sent(sim)
     line = stopped_line(run_messages(dagster_instance, result.run_id))
-    assert result.success
+    assert result.success and dropping.is_set()
     assert stats["drops"] >= 3, stats
     assert stat_from_line(line, "reconnects") >= 3, line
-    records = read_topic(broker, topic, expected=500)
-    assert len(records) == 500
+    records = read_topic(broker, topic, expected=trades)
+    assert len(records) == trades
     assert_exactly_once(
         records, label="drops", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
     )
@@ -61,26 +83,29 @@ def test_stall_past_the_watchdog_is_healed_from_rest(
 ) -> None:
     """Silence past the watchdog: reconnect; the gap exceeds the snapshot, so REST heals it."""
     topic = unique_topic("faults-stall")
-    # The watchdog fires after 3 s: about 80 trades per pair, more than the 50-trade snapshot.
-    flags = live_flags("--stall-after-trades", "200", "--stall-seconds", "8")
-    with SimulatorProcess(*flags) as sim:
-        result = run_live(
-            live_kraken(sim, watchdog_seconds=3.0),
-            RedpandaResource(broker_address=broker, topic=topic),
-            dagster_instance,
-            max_trades=700,
-        )
+    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 700
+    with SimulatorProcess(*live_flags()) as sim:
+        # The watchdog fires after 3 s: about 80 trades per pair, more than the 50-trade snapshot.
+        with once_every_pair_is_written(
+            broker, topic, LIVE_PAIRS, lambda: _stall_once(sim)
+        ) as stalling:
+            result = run_live(
+                live_kraken(sim, watchdog_seconds=3.0),
+                RedpandaResource(broker_address=broker, topic=topic),
+                dagster_instance,
+                max_trades=trades,
+            )
         ended_us = wall_us(seconds_ago=3)
         stats = sim.stats()
         sent = trades_sent(sim)
     messages = run_messages(dagster_instance, result.run_id)
     line = stopped_line(messages)
-    assert result.success
+    assert result.success and stalling.is_set()
     assert stats["stalls"] >= 1, stats
     assert any("(watchdog)" in message for message in messages)
     assert stat_from_line(line, "healed") > 0, line
-    records = read_topic(broker, topic, expected=700)
-    assert len(records) >= 700
+    records = read_topic(broker, topic, expected=trades)
+    assert len(records) >= trades
     assert_exactly_once(
         records, label="stall", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
     )
@@ -122,12 +147,13 @@ def test_malformed_frames_go_to_the_dead_letter_topic(
 ) -> None:
     """A bad frame after every third: counted, dead-lettered with a reason; no good trade lost."""
     topic = unique_topic("faults-malformed")
+    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 400
     with SimulatorProcess(*live_flags("--malformed-every-frames", "3")) as sim:
         result = run_live(
             live_kraken(sim),
             RedpandaResource(broker_address=broker, topic=topic),
             dagster_instance,
-            max_trades=400,
+            max_trades=trades,
         )
         ended_us = wall_us(seconds_ago=3)
         stats = sim.stats()
@@ -136,8 +162,8 @@ def test_malformed_frames_go_to_the_dead_letter_topic(
     assert result.success
     rejected = stat_from_line(line, "dead-lettered")
     assert rejected > 0, line
-    records = read_topic(broker, topic, expected=400)
-    assert len(records) == 400
+    records = read_topic(broker, topic, expected=trades)
+    assert len(records) == trades
     assert_exactly_once(
         records, label="malformed", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
     )
@@ -159,29 +185,30 @@ def test_malformed_frames_go_to_the_dead_letter_topic(
 def test_rate_limit_storm_during_a_heal(broker: str, dagster_instance: DagsterInstance) -> None:
     """The heal's REST calls meet ten rate-limit answers in a row: slower, nothing lost."""
     topic = unique_topic("faults-heal-storm")
-    flags = live_flags(
-        "--stall-after-trades", "200", "--stall-seconds", "8", "--rest-rate-limit-next", "10"
-    )
-    with SimulatorProcess(*flags) as sim:
-        result = run_live(
-            live_kraken(
-                sim,
-                watchdog_seconds=3.0,
-                rest_backoff_initial_seconds=0.05,
-                rest_backoff_max_seconds=0.3,
-            ),
-            RedpandaResource(broker_address=broker, topic=topic),
-            dagster_instance,
-            max_trades=700,
-        )
+    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 700
+    with SimulatorProcess(*live_flags()) as sim:
+        with once_every_pair_is_written(
+            broker, topic, LIVE_PAIRS, lambda: _stall_once(sim, rest_rate_limit_next=10)
+        ) as storming:
+            result = run_live(
+                live_kraken(
+                    sim,
+                    watchdog_seconds=3.0,
+                    rest_backoff_initial_seconds=0.05,
+                    rest_backoff_max_seconds=0.3,
+                ),
+                RedpandaResource(broker_address=broker, topic=topic),
+                dagster_instance,
+                max_trades=trades,
+            )
         ended_us = wall_us(seconds_ago=3)
         stats = sim.stats()
         sent = trades_sent(sim)
     messages = run_messages(dagster_instance, result.run_id)
-    assert result.success
+    assert result.success and storming.is_set()
     assert stats["rate_limit_errors"] == 10, stats
     assert sum("rate limited" in message for message in messages) == 10
-    records = read_topic(broker, topic, expected=700)
+    records = read_topic(broker, topic, expected=trades)
     assert_exactly_once(
         records, label="heal-storm", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
     )

@@ -8,7 +8,7 @@ import pytest
 
 from trades_platform.kraken.pairs import PairDirectory, RestPair, UnknownPairError, v2_name
 from trades_platform.kraken.rest import KrakenRestClient, RestSettings
-from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform.testing import SimulatorProcess
 
 SAMPLES = Path(__file__).parent / "samples"
 

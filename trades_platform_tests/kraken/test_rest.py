@@ -23,7 +23,7 @@ from trades_platform.kraken.rest import (
 )
 from trades_platform.local_broker import free_port
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform.testing import SimulatorProcess
 
 PAIRS = ("BTC/USD", "ETH/USD")
 # At this rate trade 14741879 of BTC/USD is at exactly 2024-01-23T00:00:00.000000Z.

@@ -11,8 +11,8 @@ from trades_platform.kraken.websocket import (
     UnsupportedPairError,
 )
 from trades_platform.simulator.market import SimulatedMarket
+from trades_platform.testing import SimulatorProcess
 from trades_platform.trade import Trade
-from trades_platform_tests.support.simulator import SimulatorProcess
 
 PAIRS = ["BTC/USD", "ETH/USD"]
 RATE = 40.0

@@ -15,7 +15,7 @@ from trades_platform.kraken.rest import KrakenRestClient, RestSettings
 from trades_platform.kraken.websocket import TradeGap
 from trades_platform.live.healer import GapHealer, GaveUp, Healed, HealResult
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform_tests.support.simulator import SimulatorProcess
+from trades_platform.testing import SimulatorProcess
 
 PAIR = "BTC/USD"
 LOG = logging.getLogger("test-healer")

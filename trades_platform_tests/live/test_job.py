@@ -14,11 +14,14 @@ from dagster import DagsterInstance, DagsterRunStatus, instance_for_test
 from trades_platform.live.job import live_trades_job
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform_tests.support.simulator import SimulatorProcess, cli_env
-from trades_platform_tests.support.topic import (
+from trades_platform.testing import (
+    SimulatorProcess,
     TopicRecord,
+    cli_env,
     duplicated_ids,
+    grace_backlog,
     ids_by_pair,
+    once_every_pair_is_written,
     read_topic,
     unique_topic,
 )
@@ -86,22 +89,29 @@ def test_every_streamed_trade_lands_once(simulator: SimulatorProcess, broker: st
     assert any("Stopped: 300 trades written, 300 acknowledged" in line for line in logs)
 
 
+@pytest.mark.slow
 def test_reconnects_mid_run_and_still_writes_each_trade_once(broker: str) -> None:
     topic = unique_topic()
     flags = ("--pairs", ",".join(PAIRS), "--trades-per-second", str(RATE))
-    with SimulatorProcess(*flags, "--drop-after-trades", "150") as dropping:
+    with SimulatorProcess(*flags) as dropping:
         kraken = KrakenResource(ws_url=dropping.ws_url, pairs=PAIRS, backoff_initial_seconds=0.1)
-        result = live_trades_job.execute_in_process(
-            run_config=_run_config(max_trades=500),
-            resources={
-                "kraken": kraken,
-                "redpanda": RedpandaResource(broker_address=broker, topic=topic),
-            },
-        )
-        assert dropping.stats()["drops"] >= 2
+        # Every connection drops after 150 trades, from when the run streams (after any grace
+        # period its claims wait near midnight, whose backlog it writes first).
+        trades = grace_backlog(len(PAIRS), RATE) + 500
+        with once_every_pair_is_written(
+            broker, topic, PAIRS, lambda: dropping.set_faults(drop_after_trades=150)
+        ) as dropping_on:
+            result = live_trades_job.execute_in_process(
+                run_config=_run_config(max_trades=trades),
+                resources={
+                    "kraken": kraken,
+                    "redpanda": RedpandaResource(broker_address=broker, topic=topic),
+                },
+            )
+        assert dropping_on.is_set() and dropping.stats()["drops"] >= 2
     assert result.success
-    records = read_topic(broker, topic, expected=500)
-    assert len(records) == 500
+    records = read_topic(broker, topic, expected=trades)
+    assert len(records) == trades
     assert_every_trade_once_and_true_to_kraken(records)
 
 
@@ -123,6 +133,7 @@ def test_an_unsupported_pair_fails_the_run_with_its_name(
     assert "does not support pair 'FAKE/USD'" in failure.error.to_string()
 
 
+@pytest.mark.slow
 def test_cli_job_execute_with_a_bounded_config(
     simulator: SimulatorProcess, broker: str, tmp_path: Path
 ) -> None:
@@ -153,6 +164,7 @@ def test_cli_job_execute_with_a_bounded_config(
         assert record.dagster_run.status == DagsterRunStatus.SUCCESS
 
 
+@pytest.mark.slow
 def test_sigterm_flushes_every_trade_and_closes(
     simulator: SimulatorProcess, broker: str, tmp_path: Path
 ) -> None:
@@ -192,11 +204,11 @@ def test_sigterm_flushes_every_trade_and_closes(
     assert_every_trade_once_and_true_to_kraken(records)
 
 
+@pytest.mark.slow
 def test_a_gap_longer_than_the_snapshot_is_healed_from_rest(broker: str) -> None:
     topic = unique_topic()
     flags = ("--pairs", ",".join(PAIRS), "--trades-per-second", str(RATE))
-    # 6 s of silence at 25 trades/s per pair is 150 trades: three times the 50-trade snapshot.
-    with SimulatorProcess(*flags, "--stall-after-trades", "200", "--stall-seconds", "6") as sim:
+    with SimulatorProcess(*flags) as sim:
         kraken = KrakenResource(
             ws_url=sim.ws_url,
             rest_url=sim.rest_url,
@@ -205,21 +217,28 @@ def test_a_gap_longer_than_the_snapshot_is_healed_from_rest(broker: str) -> None
             backoff_initial_seconds=0.1,
             rest_requests_per_second=20.0,
         )
-        result = live_trades_job.execute_in_process(
-            run_config=_run_config(max_trades=700),
-            resources={
-                "kraken": kraken,
-                "redpanda": RedpandaResource(broker_address=broker, topic=topic),
-            },
-        )
-    assert result.success
-    records = read_topic(broker, topic, expected=700)
-    assert len(records) >= 700
+        # Once per connection, after 200 trades, 6 s of silence, from when the run streams (as
+        # above): at 25 trades/s per pair that is 150 trades, three times the 50-trade snapshot.
+        trades = grace_backlog(len(PAIRS), RATE) + 700
+        with once_every_pair_is_written(
+            broker, topic, PAIRS, lambda: sim.set_faults(stall_after_trades=200, stall_seconds=6)
+        ) as stalling_on:
+            result = live_trades_job.execute_in_process(
+                run_config=_run_config(max_trades=trades),
+                resources={
+                    "kraken": kraken,
+                    "redpanda": RedpandaResource(broker_address=broker, topic=topic),
+                },
+            )
+    assert stalling_on.is_set() and result.success
+    records = read_topic(broker, topic, expected=trades)
+    assert len(records) >= trades
     assert_every_trade_once_and_true_to_kraken(records, sources=("live", "heal"))
     healed = [record for record in records if record.value["source"] == "heal"]
     assert healed, "the stall left a gap the snapshot could not cover"
 
 
+@pytest.mark.slow
 def test_a_restarted_run_resumes_after_the_topic_without_repeats_or_holes(broker: str) -> None:
     topic = unique_topic()
     flags = ("--pairs", ",".join(PAIRS), "--trades-per-second", str(RATE))

@@ -13,17 +13,23 @@ from trades_platform.live.observations import (
     pairs_are_fresh,
 )
 from trades_platform.resources import KrakenResource, RedpandaResource
-from trades_platform_tests.support.simulator import SimulatorProcess
-from trades_platform_tests.support.topic import unique_topic
+from trades_platform.testing import SimulatorProcess, grace_backlog, unique_topic
 
 PAIRS = ["BTC/USD", "ETH/USD"]
+RATE = 20  # trades per second and pair
 
 
 @pytest.fixture(scope="module")
 def observed_instance(broker: str) -> Iterator[DagsterInstance]:
-    """An instance holding a 6-second live run that observed every second; the feed leaves every
-    7th trade out, so there is healing to report."""
-    flags = ("--pairs", ",".join(PAIRS), "--trades-per-second", "20", "--omit-every-nth-id", "7")
+    """An instance holding a live run of about 6 s that observed every second; the feed leaves
+    every 7th trade out, so there is healing to report."""
+    # Bounded by trades (the snapshots and 6 s of trades), not seconds: from about 23:50 UTC its
+    # claims first wait their grace period (testing.live), and 6 s would leave one observation.
+    trades = grace_backlog(len(PAIRS), RATE) + (50 + 6 * RATE) * len(PAIRS)
+    flags = (
+        *("--pairs", ",".join(PAIRS), "--trades-per-second", str(RATE)),
+        *("--omit-every-nth-id", "7"),
+    )
     with (
         SimulatorProcess(*flags) as sim,
         instance_for_test() as instance,
@@ -32,12 +38,17 @@ def observed_instance(broker: str) -> Iterator[DagsterInstance]:
             run_config={
                 "ops": {
                     "stream_live_trades": {
-                        "config": {"max_seconds": 6, "observation_interval_seconds": 1}
+                        "config": {
+                            "max_trades": trades,
+                            # Only a backstop: a feed that stopped fails the test, not hangs it.
+                            "max_seconds": 120,
+                            "observation_interval_seconds": 1,
+                        }
                     }
                 }
             },
             resources={
-                "kraken": KrakenResource(ws_url=sim.ws_url, pairs=PAIRS),
+                "kraken": KrakenResource(ws_url=sim.ws_url, rest_url=sim.rest_url, pairs=PAIRS),
                 "redpanda": RedpandaResource(broker_address=broker, topic=unique_topic()),
             },
             instance=instance,

@@ -24,6 +24,7 @@ import pytest
 import websocket
 import websockets
 
+from trades_platform.processes import stop_process
 from trades_platform.simulator.market import SimulatedMarket
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,20 +99,15 @@ def start_simulator(log_path: Path, *flags: str) -> Sim:
     line = process.stdout.readline().strip()
     match = READY.match(line)
     if match is None:
-        process.kill()
+        stop_process(process)
         raise AssertionError(f"no ready line, got {line!r}; log:\n{log_path.read_text()}")
     return Sim(process, match["ws"], match["rest"], log_path)
 
 
 def stop_simulator(sim: Sim) -> int:
-    """SIGTERM, and return the exit code."""
-    sim.process.terminate()
-    try:
-        return sim.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        sim.process.kill()
-        sim.process.wait()
-        raise
+    """SIGTERM, and return the exit code (SIGKILL's after 10 s)."""
+    stop_process(sim.process)
+    return sim.process.returncode
 
 
 @pytest.fixture(scope="module")

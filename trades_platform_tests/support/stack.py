@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from trades_platform.local_broker import free_port, wait_for_port
+from trades_platform.processes import stop_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCATION = "trades_platform"
@@ -120,13 +120,7 @@ class RunningStack:
 
     def stop(self, timeout_seconds: float = 90) -> int:
         """SIGTERM, as Ctrl-C or a service manager would; the launcher stops what it started."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_seconds)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_seconds=timeout_seconds)
         return self.process.returncode
 
 

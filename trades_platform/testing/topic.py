@@ -1,16 +1,18 @@
-"""Reads a topic back, from the beginning, with a real Kafka client."""
+"""Reads a topic back, from the beginning, with a real Kafka client, and counts its ids per pair."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+
+from trades_platform.id_counts import IdCount, count_ids
 
 
 @dataclass(frozen=True)
@@ -94,11 +96,27 @@ def ids_by_pair(records: list[TopicRecord]) -> dict[str, list[int]]:
     return by_pair
 
 
+def count_pairs(
+    records: list[TopicRecord],
+    *,
+    pairs: Iterable[str] = (),
+    last_ids: Mapping[str, int] | None = None,
+) -> dict[str, IdCount]:
+    """Per pair (each in the records, and `pairs`): its ids against the run they should form.
+
+    A pair's run spans its ids, and reaches up to `last_ids[pair]` when given (the newest id the
+    writer owed), so that a writer that stopped short counts as lost trades.
+    """
+    by_pair: dict[str, list[int]] = {pair: [] for pair in pairs}
+    by_pair.update(ids_by_pair(records))
+    last_ids = last_ids or {}
+    return {
+        pair: count_ids(ids, last_id=last_ids.get(pair)) for pair, ids in sorted(by_pair.items())
+    }
+
+
 def duplicated_ids(records: list[TopicRecord]) -> dict[str, list[int]]:
     """Ids that appear more than once, per pair (should always be empty)."""
-    duplicates: dict[str, list[int]] = {}
-    for pair, ids in ids_by_pair(records).items():
-        repeated = sorted(trade_id for trade_id, count in Counter(ids).items() if count > 1)
-        if repeated:
-            duplicates[pair] = repeated
-    return duplicates
+    return {
+        pair: list(count.repeated) for pair, count in count_pairs(records).items() if count.repeated
+    }
