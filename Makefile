@@ -13,7 +13,7 @@ SLOW_MARKERS := faults or browser or postgres or compose or stack or slow
 # The project name on the command line, not in the file: Debian's docker-compose 1.29 rejects `name:`.
 COMPOSE_ARGS := -p trades-platform -f $(COMPOSE_FILE)
 
-.PHONY: help install system-deps run dev test test-fast soak bench ruff format clean broker simulator \
+.PHONY: help install system-deps run dev test test-fast soak bench ruff typecheck format clean broker simulator \
 	start-redpanda stop-redpanda start-platform stop-platform
 
 help: ## List the targets
@@ -52,6 +52,9 @@ bench: install ## Benchmark the trade path (local broker, replay server); writes
 ruff: install ## Lint and check formatting
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+typecheck: install ## Type-check trades_platform/ with mypy (strict; settings in pyproject.toml)
+	$(BIN)/mypy
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

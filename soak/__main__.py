@@ -31,6 +31,7 @@ from pathlib import Path
 from dagster import instance_for_test
 
 from trades_platform.live.job import live_trades_job
+from trades_platform.live.progress import RUN_TOTALS_PREFIX
 from trades_platform.local_broker import LocalBroker
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
@@ -38,6 +39,7 @@ from trades_platform.testing import (
     SimulatorProcess,
     TopicRecord,
     count_pairs,
+    live_run_totals,
     read_topic,
     unique_topic,
 )
@@ -158,22 +160,12 @@ def report(
     ]
 
 
-def stopped_counts(line: str) -> dict[str, int]:
-    """reconnects=, gaps=, healed=, ... from the live op's "Stopped:" line."""
-    counts: dict[str, int] = {}
-    for token in line.replace(";", " ").split():
-        name, _, value = token.partition("=")
-        if value.isdigit():
-            counts[name] = int(value)
-    return counts
-
-
-def print_targets(reports: list[PairReport], counts: dict[str, int]) -> None:
+def print_targets(reports: list[PairReport], counts: dict[str, int | float]) -> None:
     """The run against the live writer's targets (reported, not enforced: timings are noisy)."""
     offered = sum(row.market_in_range for row in reports)
     written = sum(row.unique for row in reports)
     share = written / offered if offered else 0.0
-    lag_p99 = counts.get("lag_p99_ms", 0) / 1000
+    lag_p99 = counts.get("lag_p99_seconds", 0)
     seconds = max(counts.get("seconds", 0), 1)
     rest_per_second = counts.get("rest_calls", 0) / seconds
     print(
@@ -258,8 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stats = simulator.stats()
         messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
         stopped = next((m for m in reversed(messages) if m.startswith("Stopped:")), "")
+        has_totals = any(RUN_TOTALS_PREFIX in message for message in messages)
         records = read_topic(broker.address, topic, max_seconds=300)
-    counts = stopped_counts(stopped)
+    counts = live_run_totals(messages) if has_totals else {}
     reports = report(
         records, SimulatedMarket(pairs, args.rate), pairs, stats["trades_sent"], stopped_us
     )

@@ -29,8 +29,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# What a WebSocket v2 pair name looks like; the record and the partition keys rely on it.
-PAIR_PATTERN = r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$"
+from trades_platform.trade import PAIR_PATTERN
+
 # Kraken's limit for `count` in /0/public/Trades.
 KRAKEN_MAX_PAGE_SIZE = 1000
 # Kafka's own rule for topic names (the platform adds `.coverage` and `.dlq` to it).

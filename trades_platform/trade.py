@@ -22,7 +22,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CACHE_SIZE = 4096
 _SECOND_TEXT: dict[int, str] = {}
 _SECOND_US: dict[str, int] = {}
-_PAIR_PATTERN = r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$"
+# What a WebSocket v2 pair name looks like; the settings, the parsers and the record check it.
+PAIR_PATTERN = r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$"
 
 
 class Trade(BaseModel):
@@ -30,7 +31,7 @@ class Trade(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    pair: str = Field(pattern=_PAIR_PATTERN, description="WebSocket v2 pair name, e.g. BTC/USD")
+    pair: str = Field(pattern=PAIR_PATTERN, description="WebSocket v2 pair name, e.g. BTC/USD")
     price: float = Field(gt=0, allow_inf_nan=False)
     volume: float = Field(gt=0, allow_inf_nan=False)
     timestamp: str = Field(description="Trade time, ISO-8601 UTC with microseconds and a Z")

@@ -15,11 +15,11 @@ from trades_platform.coverage.coverage_log import POLL_SECONDS
 from trades_platform.coverage.topic_ids import scan_topic_ids
 from trades_platform.coverage.window_leases import (
     BACKFILL_PAGE_BOUND_SECONDS,
+    WINDOW_LEASE_SECONDS,
     LeaseAhead,
     WindowLeaseHolder,
     describe_lease,
 )
-from trades_platform.coverage.window_leases import LEASE_SECONDS as WINDOW_LEASE_SECONDS
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.kraken.protocol import RestTradeRow
 from trades_platform.kraken.rest import KrakenRestClient

@@ -4,19 +4,20 @@ A live run takes one claim per pair in `<topic>.coverage` (see coverage_log.py f
 
 - the acquisition, key `live-claim|<pair>|<owner>`, published before the run reads the trades
   topic; its offset is the run's place in line among live writers of the pair;
-- heartbeats, key `live-beat|<pair>|<owner>`, every HEARTBEAT_SECONDS from a thread, carrying the
-  claim's state: `from_id` (the writer writes every id >= from_id, unset while it waits for its
-  turn), `handed_back` (id ranges >= from_id it gave up healing: a backfill fills them) and the
-  lease a watcher must wait before presuming the writer dead.
+- heartbeats, key `live-beat|<pair>|<owner>`, every CLAIM_HEARTBEAT_SECONDS from a thread,
+  carrying the claim's state: `from_id` (the writer writes every id >= from_id, unset while it
+  waits for its turn), `handed_back` (id ranges >= from_id it gave up healing: a backfill fills
+  them) and the lease a watcher must wait before presuming the writer dead.
 
 A backfill may write id `x` of a pair only if every claim on the pair that is not over has
 `x < from_id` or `x` in its `handed_back`. A claim is over when it was released, or when its
 heartbeat stood still for its lease while watched (never by comparing clocks of two hosts).
 
 The live writer holds its claim only while it keeps its standing (acknowledged heartbeats never
-more than STANDING_SECONDS apart) and no other writer claims its ids; it checks before every write
-and fails loudly otherwise. A claim's lease covers the standing bound plus the writer's producer
-delivery timeout, so every write of a writer presumed dead has landed or failed by then.
+more than CLAIM_STANDING_SECONDS apart) and no other writer claims its ids; it checks before
+every write and fails loudly otherwise. A claim's lease covers the standing bound plus the
+writer's producer delivery timeout, so every write of a writer presumed dead has landed or failed
+by then.
 """
 
 from __future__ import annotations
@@ -49,17 +50,18 @@ from trades_platform.settings import KafkaSettings
 CLAIM_KEY_PREFIX = "live-claim|"
 BEAT_KEY_PREFIX = "live-beat|"
 
-HEARTBEAT_SECONDS = 10.0
+# How often a live writer heartbeats its claims.
+CLAIM_HEARTBEAT_SECONDS = 10.0
 # A heartbeat the broker did not acknowledge within this bound does not count.
-HEARTBEAT_ACK_SECONDS = 5.0
+CLAIM_HEARTBEAT_ACK_SECONDS = 5.0
 # A live writer writes only while its acknowledged heartbeats are never further apart than this:
 # a broker out of reach for up to about 25 s (two heartbeats lost) costs the claim nothing.
-STANDING_SECONDS = 35.0
+CLAIM_STANDING_SECONDS = 35.0
 # After claiming, the live writer waits this long, then re-reads the topic: any backfill page that
 # started before the claim was visible has landed or failed by then.
 CLAIM_GRACE_SECONDS = 2 * BACKFILL_PAGE_BOUND_SECONDS
 # Leases read from the log are input from other processes: never wait longer than this.
-MAX_LEASE_SECONDS = 3600.0
+MAX_CLAIM_LEASE_SECONDS = 3600.0
 # Handed-back ranges a claim carries at most; past it, the oldest two are merged (see hand_back).
 MAX_HANDED_BACK_RANGES = 500
 
@@ -67,16 +69,16 @@ MAX_HANDED_BACK_RANGES = 500
 def claim_lease_seconds(delivery_timeout_ms: int) -> float:
     """How long a watcher must see a live writer's heartbeat stand still to presume it over.
 
-    The writer's last write starts at most STANDING_SECONDS after its last counted heartbeat and
-    lands or fails within its producer's delivery timeout; heartbeats are seen within the ack
+    The writer's last write starts at most CLAIM_STANDING_SECONDS after its last counted heartbeat
+    and lands or fails within its producer's delivery timeout; heartbeats are seen within the ack
     bound plus a poll. ARCHITECTURE.md has the argument.
     """
     return (
-        STANDING_SECONDS
+        CLAIM_STANDING_SECONDS
         + delivery_timeout_ms / 1000
-        + HEARTBEAT_ACK_SECONDS
+        + CLAIM_HEARTBEAT_ACK_SECONDS
         + POLL_SECONDS
-        + HEARTBEAT_SECONDS / 2
+        + CLAIM_HEARTBEAT_SECONDS / 2
     )
 
 
@@ -209,7 +211,7 @@ def _claim_from_records(
             offset=offset,
             acquired_ms=int(acquisition["acquired_ms"]),
             released=acquisition.get("released") is True,
-            lease_seconds=min(lease, MAX_LEASE_SECONDS),
+            lease_seconds=min(lease, MAX_CLAIM_LEASE_SECONDS),
             heartbeat_ms=int(acquisition["acquired_ms"]),
         )
         if beat is None or beat.get("owner") != owner:
@@ -225,7 +227,7 @@ def _claim_from_records(
                 "handed_back": handed_back,
                 "beat": int(beat["beat"]),
                 "heartbeat_ms": int(beat["heartbeat_ms"]),
-                "lease_seconds": min(float(beat["lease_seconds"]), MAX_LEASE_SECONDS),
+                "lease_seconds": min(float(beat["lease_seconds"]), MAX_CLAIM_LEASE_SECONDS),
             }
         )
     except (KeyError, TypeError, ValueError, OverflowError):
@@ -283,9 +285,9 @@ class TailClaimHolder:
             self._producer,
             self.topic,
             self._heartbeat_records,
-            interval_seconds=HEARTBEAT_SECONDS,
-            ack_seconds=HEARTBEAT_ACK_SECONDS,
-            standing_seconds=STANDING_SECONDS,
+            interval_seconds=CLAIM_HEARTBEAT_SECONDS,
+            ack_seconds=CLAIM_HEARTBEAT_ACK_SECONDS,
+            standing_seconds=CLAIM_STANDING_SECONDS,
             what=f"live claims of {self.owner}",
             on_failure=self._on_heartbeat_failure,
             check_after_beat=self._read_back,
@@ -431,7 +433,7 @@ class TailClaimHolder:
         if board is None:
             return None
         with self._board_lock:
-            claims = board.read(timeout_seconds=HEARTBEAT_ACK_SECONDS)
+            claims = board.read(timeout_seconds=CLAIM_HEARTBEAT_ACK_SECONDS)
             own = board.own_claims()
         for pair, state in self._pairs.items():
             mine = own.get(pair)

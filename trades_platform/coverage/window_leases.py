@@ -7,18 +7,19 @@ So a backfill takes a lease on its (pair, window) in `<topic>.coverage` before i
 1. It publishes an acquisition record under a key of its own, `window|<pair>|<owner>`. Nothing
    rewrites that key until the release, so the record's offset in the one-partition log is the
    lease's place in line, the same for every reader.
-2. It heartbeats under a second key, `window-beat|<pair>|<owner>`, every HEARTBEAT_SECONDS.
+2. It heartbeats under a second key, `window-beat|<pair>|<owner>`, every WINDOW_HEARTBEAT_SECONDS.
 3. It reads the log. Every unreleased lease on an overlapping window of the pair with a lower
    offset is ahead of it; it waits until each one is over: released, or its heartbeat did not
-   change for LEASE_SECONDS while this writer watched (or is older than the lease plus the clock
-   margin by the wall clock, for leases left by runs killed long ago).
+   change for WINDOW_LEASE_SECONDS while this writer watched (or is older than the lease plus the
+   clock margin by the wall clock, for leases left by runs killed long ago).
 4. Then it scans the trades topic and writes, checking its standing before every page.
 
-A holder whose acknowledged heartbeats were ever more than STANDING_SECONDS apart, or whose last
-one is older than that, has lost its standing for good: a waiter may have presumed it dead. It
+A holder whose acknowledged heartbeats were ever more than WINDOW_STANDING_SECONDS apart, or whose
+last one is older than that, has lost its standing for good: a waiter may have presumed it dead. It
 writes no further page (`LeaseLost`) and its run fails; re-running the partition is safe. Since
-STANDING_SECONDS + the page bound + HEARTBEAT_ACK_SECONDS + POLL_SECONDS < LEASE_SECONDS, a holder
-presumed dead has stopped writing before the waiter starts (ARCHITECTURE.md has the argument).
+WINDOW_STANDING_SECONDS + the page bound + WINDOW_HEARTBEAT_ACK_SECONDS + POLL_SECONDS <
+WINDOW_LEASE_SECONDS, a holder presumed dead has stopped writing before the waiter starts
+(ARCHITECTURE.md has the argument).
 """
 
 from __future__ import annotations
@@ -46,19 +47,24 @@ from trades_platform.trade import format_time_us
 
 # A backfill's page is acknowledged or failed within this bound (its producer's delivery timeout).
 BACKFILL_PAGE_BOUND_SECONDS = 5.0
-HEARTBEAT_SECONDS = 5.0
+# How often a lease holder heartbeats.
+WINDOW_HEARTBEAT_SECONDS = 5.0
 # A heartbeat the broker did not acknowledge within this bound does not count.
-HEARTBEAT_ACK_SECONDS = 5.0
+WINDOW_HEARTBEAT_ACK_SECONDS = 5.0
 # A waiter presumes a holder dead after watching its heartbeat stand still this long.
-LEASE_SECONDS = 30.0
+WINDOW_LEASE_SECONDS = 30.0
 # A holder writes only while its acknowledged heartbeats are never further apart than this.
-STANDING_SECONDS = 15.0
+WINDOW_STANDING_SECONDS = 15.0
 
 LEASE_KEY_PREFIX = "window|"
 HEARTBEAT_KEY_PREFIX = "window-beat|"
 
-if STANDING_SECONDS + BACKFILL_PAGE_BOUND_SECONDS + HEARTBEAT_ACK_SECONDS + POLL_SECONDS >= (
-    LEASE_SECONDS
+if (
+    WINDOW_STANDING_SECONDS
+    + BACKFILL_PAGE_BOUND_SECONDS
+    + WINDOW_HEARTBEAT_ACK_SECONDS
+    + POLL_SECONDS
+    >= WINDOW_LEASE_SECONDS
 ):
     raise RuntimeError("window lease timings break the exclusion argument in ARCHITECTURE.md")
 
@@ -154,9 +160,9 @@ class WindowLeaseHolder:
             self._producer,
             self.topic,
             self._heartbeat_records,
-            interval_seconds=HEARTBEAT_SECONDS,
-            ack_seconds=HEARTBEAT_ACK_SECONDS,
-            standing_seconds=STANDING_SECONDS,
+            interval_seconds=WINDOW_HEARTBEAT_SECONDS,
+            ack_seconds=WINDOW_HEARTBEAT_ACK_SECONDS,
+            standing_seconds=WINDOW_STANDING_SECONDS,
             what=f"window lease {self._describe()}",
             on_failure=self._on_heartbeat_failure,
         )
@@ -174,7 +180,7 @@ class WindowLeaseHolder:
             if offset >= own_offset or lease.released or not lease.overlaps(self.lease):
                 continue
             heartbeat = self._heartbeats.get(_holder(key), (0, lease.acquired_ms))
-            watched = self._watch.observe(key, heartbeat, LEASE_SECONDS)
+            watched = self._watch.observe(key, heartbeat, WINDOW_LEASE_SECONDS)
             if watched.liveness == "ended":
                 continue  # presumed dead
             ahead.append(LeaseAhead(lease, offset, heartbeat, watched.silent_seconds))

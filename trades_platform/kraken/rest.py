@@ -1,8 +1,9 @@
 """Kraken's public REST API: paced, retrying, paginated trade history for one pair and window.
 
-`KrakenRestClient.trade_pages(pair, start_us, end_us)` yields, page by page, exactly the trades of
-`pair` whose time is in [start_us, end_us), in trade-id order, each once. Rows are parsed by
-`kraken.protocol.parse_rest_row`, the one REST row parser.
+`KrakenRestClient.window_pages(pair, start_us, end_us)` yields, page by page, exactly the trades of
+`pair` whose time is in [start_us, end_us), in trade-id order, each once (the backfill);
+`trades_since(pair, since_time_us)` one page from a time on (the live run's heals by id). Rows are
+parsed by `kraken.protocol.parse_rest_row`, the one REST row parser.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import requests
 from trades_platform.kraken.pairs import PairDirectory, RestPair, UnknownPairError
 from trades_platform.kraken.protocol import RestTradeRow, parse_rest_row
 from trades_platform.settings import KRAKEN_MAX_PAGE_SIZE, KrakenSettings, default_of
-from trades_platform.trade import Source, Trade, format_time_us
+from trades_platform.trade import format_time_us
 
 logger = logging.getLogger(__name__)
 
@@ -262,15 +263,8 @@ class KrakenRestClient:
         page = self.trades_page(self.rest_pair(pair), since_time_us * 1000)
         return replace(page, rows=sorted(page.rows, key=lambda row: row.trade_id))
 
-    def trade_pages(
-        self, pair: str, start_us: int, end_us: int, *, source: Source = "backfill"
-    ) -> Iterator[list[Trade]]:
-        """Every trade of `pair` with time in [start_us, end_us), page by page, in id order."""
-        for page in self.window_pages(pair, start_us, end_us):
-            yield [row.to_trade(pair, source, page.received_ms) for row in page.rows]
-
     def window_pages(self, pair: str, start_us: int, end_us: int) -> Iterator[TradesPage]:
-        """Like `trade_pages`, as pages of validated rows (exact microsecond times included).
+        """Every row of `pair` with time in [start_us, end_us), page by page (exact times).
 
         Each page holds only the window's rows not on an earlier page, sorted by id.
         """
@@ -409,11 +403,6 @@ class KrakenRestClient:
             self.settings.backoff_initial_seconds * float(1 << (attempt - 1)),
         )
         return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-    @property
-    def pacer_interval_seconds(self) -> float:
-        """The minimum spacing between two calls."""
-        return self._pacer.interval
 
 
 def _parse_last(value: Any) -> int | None:

@@ -170,9 +170,10 @@ def _stream(
             f"Stopped: {writer.written} trades written, {producer.acknowledged} acknowledged "
             f"by the broker, {producer.failed} failed; {progress.report()}; "
             f"open_holes={sum(tail.open_holes().values())} "
-            f"lag_p99_ms={round((progress.run_lag.quantile(0.99) or 0) * 1000)} "
             f"seconds={time.monotonic() - progress.started_at:.0f}"
         )
+        # The same counters for tools: tests, the soak and CI read these, not the sentence.
+        context.log.info(progress.totals_message())
 
 
 def _log_waiting(context: OpExecutionContext, ahead: list[ObservedClaim]) -> None:

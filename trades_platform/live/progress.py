@@ -7,6 +7,7 @@ time of the newest trade written for a pair, sampled ten times a second.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -19,6 +20,9 @@ from trades_platform.live.tail import LiveTail
 from trades_platform.producer import TradeProducer
 
 LAG_SAMPLE_SECONDS = 0.1
+# The live op's last log message starts with this, followed by `LiveProgress.totals()` as JSON:
+# what tests, the soak and other tools read (`trades_platform.testing.live_run_totals`).
+RUN_TOTALS_PREFIX = "Run totals: "
 # The lag histogram's resolution and range: 0.1 s steps up to 10 minutes, then one last bin.
 _LAG_STEP_SECONDS = 0.1
 _LAG_BINS = 6000
@@ -138,6 +142,33 @@ class LiveProgress:
             f"rest_calls={self._healer.stats.requests} ({rest_per_minute:.0f}/min) "
             f"repeats_skipped={self._stream.repeated_skipped}"
         )
+
+    def totals(self) -> dict[str, int | float]:
+        """The run's counters since it started, for tools to read (`totals_message`)."""
+        tail = self._tail.stats
+        return {
+            "written": self._writer.written,
+            "acknowledged": self._producer.acknowledged,
+            "failed": self._producer.failed,
+            "reconnects": self._stream.reconnects,
+            "dead_lettered": self._stream.rejected,
+            "gaps": self._stream.gaps,
+            "left_out": tail.total(tail.left_out),
+            "healed": tail.total(tail.healed),
+            "healed_late": tail.healed_late,
+            "pending_heals": sum(self._healer.pending().values()),
+            "handed_back": tail.total(tail.handed_back),
+            "open_holes": sum(self._tail.open_holes().values()),
+            "out_of_order": tail.released_out_of_order,
+            "rest_calls": self._healer.stats.requests,
+            "repeats_skipped": self._stream.repeated_skipped,
+            "lag_p99_seconds": self.run_lag.quantile(0.99) or 0.0,
+            "seconds": round(time.monotonic() - self.started_at, 1),
+        }
+
+    def totals_message(self) -> str:
+        """`RUN_TOTALS_PREFIX` and the totals as one JSON object."""
+        return RUN_TOTALS_PREFIX + json.dumps(self.totals(), sort_keys=True)
 
     def figures(self) -> dict[str, dict[str, float | int]]:
         """Per pair, the numbers of one observation of `kraken_trades_live`, since the last."""

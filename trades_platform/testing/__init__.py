@@ -6,7 +6,12 @@ live scenarios so that they come out the same at any hour.
 They ship with the package (the test suite itself does not), so the soak and CI can import them.
 """
 
-from trades_platform.testing.live import grace_backlog, grace_seconds, once_every_pair_is_written
+from trades_platform.testing.live import (
+    grace_backlog,
+    grace_seconds,
+    live_run_totals,
+    once_every_pair_is_written,
+)
 from trades_platform.testing.simulator import ServerProcess, SimulatorProcess, cli_env
 from trades_platform.testing.topic import (
     TopicRecord,
@@ -27,6 +32,7 @@ __all__ = [
     "grace_backlog",
     "grace_seconds",
     "ids_by_pair",
+    "live_run_totals",
     "once_every_pair_is_written",
     "read_topic",
     "unique_topic",

@@ -11,16 +11,19 @@ scenario needs (a bound in seconds, `grace_seconds` more), and switch faults on 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from trades_platform.coverage.claims import CLAIM_GRACE_SECONDS
+from trades_platform.live.progress import RUN_TOTALS_PREFIX
 from trades_platform.live.tail import backfill_may_reach
+from trades_platform.settings import KafkaSettings
 from trades_platform.testing.topic import ids_by_pair, read_topic
 
 # A live run's start before its first claim: the claim acquisition, the wait for its turn and
@@ -61,7 +64,7 @@ def once_every_pair_is_written(
     stop = threading.Event()
 
     def watch() -> None:
-        admin = AdminClient({"bootstrap.servers": broker})
+        admin = AdminClient(KafkaSettings(broker_address=broker).client_config())
         while not stop.wait(0.2):
             try:
                 if topic not in admin.list_topics(timeout=10).topics:
@@ -81,3 +84,20 @@ def once_every_pair_is_written(
     finally:
         stop.set()
         thread.join(15)
+
+
+def live_run_totals(lines: Iterable[str]) -> dict[str, int | float]:
+    """The live op's last "Run totals" (`LiveProgress.totals`) among log messages or CLI lines.
+
+    Raises AssertionError when there is none or it is not a JSON object of numbers, so a test
+    that reads it fails with what it found instead.
+    """
+    found = [line for line in lines if RUN_TOTALS_PREFIX in line]
+    assert found, "the live op never logged its run totals"
+    text = found[-1].rsplit(RUN_TOTALS_PREFIX, 1)[1].strip()
+    totals = json.loads(text)
+    assert isinstance(totals, dict), text
+    assert all(
+        isinstance(value, int | float) and not isinstance(value, bool) for value in totals.values()
+    ), text
+    return totals

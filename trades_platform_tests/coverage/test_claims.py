@@ -48,7 +48,7 @@ def _holding(
 @pytest.fixture
 def quick_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
     """Heartbeats every 0.5 s, so that watching one change takes a second, not ten."""
-    monkeypatch.setattr(claims_module, "HEARTBEAT_SECONDS", 0.5)
+    monkeypatch.setattr(claims_module, "CLAIM_HEARTBEAT_SECONDS", 0.5)
 
 
 @pytest.mark.slow
@@ -118,7 +118,7 @@ def test_a_killed_live_run_is_waited_out_for_its_lease_then_presumed_over(broker
             "-c",
             "import sys, time\n"
             "from trades_platform.coverage import claims\n"
-            "claims.HEARTBEAT_SECONDS = 0.5\n"
+            "claims.CLAIM_HEARTBEAT_SECONDS = 0.5\n"
             "from trades_platform.settings import KafkaSettings\n"
             "settings = KafkaSettings(broker_address=sys.argv[1], topic=sys.argv[2])\n"
             "holder = claims.TailClaimHolder(settings, ['BTC/USD'], lease_seconds=4.0, "
@@ -196,7 +196,7 @@ def test_liveness_is_judged_by_watching_not_by_comparing_clocks() -> None:
 def test_the_lease_covers_the_standing_and_the_delivery_timeout() -> None:
     for delivery_ms in (5_000, 120_000):
         lease = claim_lease_seconds(delivery_ms)
-        assert lease > claims_module.STANDING_SECONDS + delivery_ms / 1000
+        assert lease > claims_module.CLAIM_STANDING_SECONDS + delivery_ms / 1000
     claim = TailClaim("BTC/USD", "run", 0, 0, False, 60.0, from_id=10, handed_back=((15, 20),))
     assert [i for i in range(8, 23) if claim.lets_backfill_write(i)] == [8, 9, *range(15, 21)]
 

@@ -97,7 +97,7 @@ def test_a_killed_holder_is_presumed_dead_once_its_heartbeat_stands_still(
             "import sys, time\n"
             "from trades_platform.coverage import window_leases\n"
             "from trades_platform.coverage.window_leases import WindowLeaseHolder\n"
-            "window_leases.HEARTBEAT_SECONDS = 0.5\n"
+            "window_leases.WINDOW_HEARTBEAT_SECONDS = 0.5\n"
             "from trades_platform.settings import KafkaSettings\n"
             "settings = KafkaSettings(broker_address=sys.argv[1], topic=sys.argv[2])\n"
             f"WindowLeaseHolder(settings, 'BTC/USD', {DAY_2[0]}, {DAY_2[1]}, owner='killed')"
@@ -112,7 +112,7 @@ def test_a_killed_holder_is_presumed_dead_once_its_heartbeat_stands_still(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "acquired"
-        monkeypatch.setattr(window_leases, "LEASE_SECONDS", 3.0)
+        monkeypatch.setattr(window_leases, "WINDOW_LEASE_SECONDS", 3.0)
         with _holding(settings, "BTC/USD", DAY_2, "next") as waiter:
             # Alive: it beats every 0.5 s, so the waiter keeps waiting past the 3 s lease.
             deadline = time.monotonic() + 5.0
@@ -131,7 +131,7 @@ def test_a_killed_holder_is_presumed_dead_once_its_heartbeat_stands_still(
 def test_a_lease_whose_heartbeat_is_long_past_is_not_waited_for(broker: str) -> None:
     settings = _settings(broker)
     ClaimBoard(settings).close()  # creates the coverage topic
-    stale_ms = int(time.time() * 1000) - int(window_leases.LEASE_SECONDS * 1000)
+    stale_ms = int(time.time() * 1000) - int(window_leases.WINDOW_LEASE_SECONDS * 1000)
     stale_ms -= CLOCK_MARGIN_MS + 1000
     stale = WindowLease("BTC/USD", *DAY_2, owner="crashed-last-week", acquired_ms=stale_ms)
     producer = Producer(settings.client_config())
@@ -155,7 +155,7 @@ def test_leases_and_tail_claims_share_the_topic_without_mixing(broker: str) -> N
     try:
         live.claim({"BTC/USD": 42}, timeout_seconds=10)
         with _holding(settings, "BTC/USD", DAY_2, "backfill") as holder:
-            time.sleep(window_leases.HEARTBEAT_SECONDS + 0.5)
+            time.sleep(window_leases.WINDOW_HEARTBEAT_SECONDS + 0.5)
             claims = board.read()
             assert {pair: [o.claim.from_id for o in seen] for pair, seen in claims.items()} == {
                 "BTC/USD": [42]

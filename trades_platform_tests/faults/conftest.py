@@ -7,7 +7,6 @@ suite reports (`pytest -m faults -s`).
 """
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
     DagsterInstance,
     ExecuteInProcessResult,
     instance_for_test,
@@ -36,7 +37,14 @@ from trades_platform.live.job import live_trades_job
 from trades_platform.local_broker import LocalBroker, free_port
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform.testing import SimulatorProcess, TopicRecord, cli_env, count_pairs, ids_by_pair
+from trades_platform.testing import (
+    SimulatorProcess,
+    TopicRecord,
+    cli_env,
+    count_pairs,
+    ids_by_pair,
+    live_run_totals,
+)
 from trades_platform_tests.support.tcp_proxy import TcpProxy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -45,12 +53,6 @@ DAGSTER = str(Path(sys.executable).with_name("dagster"))
 LIVE_PAIRS = ["BTC/USD", "ETH/USD"]
 LIVE_RATE = 25.0
 LIVE_JOB_COMMAND = ["job", "execute", "-m", "trades_platform.definitions", "-j", "live_trades_job"]
-# The backfill's own summary line, as a CLI run logs it.
-_BACKFILL_SUMMARY = re.compile(
-    r"(?P<count>\d+) trades in the window, (?P<written>\d+) written, (?P<already_present>\d+) "
-    r"already in the topic, (?P<left_to_live_writer>\d+) left to the live writer"
-)
-
 # The backfill tests' rate: about 9,900 trades per pair and day, ten 1000-trade pages.
 BACKFILL_RATE = 0.115053
 
@@ -162,16 +164,9 @@ def run_messages(instance: DagsterInstance, run_id: str) -> list[str]:
     return [entry.user_message for entry in instance.all_logs(run_id)]
 
 
-def stopped_line(messages: list[str]) -> str:
-    """The live op's final "Stopped: ..." line."""
-    stopped = [message for message in messages if message.startswith("Stopped:")]
-    assert stopped, "the live op never logged its Stopped line:\n" + "\n".join(messages[-30:])
-    return stopped[-1]
-
-
-def stat_from_line(line: str, name: str) -> int:
-    """The integer after `name=` in a progress or Stopped line."""
-    return int(line.split(f"{name}=")[1].split()[0].rstrip(";,"))
+def run_totals(instance: DagsterInstance, run_id: str) -> dict[str, int | float]:
+    """The live run's counters (`LiveProgress.totals`), as its op logged them when it stopped."""
+    return live_run_totals(run_messages(instance, run_id))
 
 
 def day_ids(market: SimulatedMarket, partition_key: str) -> list[int]:
@@ -396,8 +391,16 @@ def backfill_command(partition_key: str) -> list[str]:
     ]
 
 
-def backfill_summary(output: str) -> dict[str, int]:
-    """The numbers of a CLI backfill run's summary line (written, already_present, ...)."""
-    match = _BACKFILL_SUMMARY.search(output)
-    assert match, f"no backfill summary in the output:\n{output[-4000:]}"
-    return {name: int(value) for name, value in match.groupdict().items()}
+def cli_backfill_metadata(home: Path, partition_key: str) -> dict[str, Any]:
+    """The metadata of the partition's newest materialization in a CLI run's instance (`home`)."""
+    with DagsterInstance.from_config(str(home)) as instance:
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(
+                asset_key=AssetKey("kraken_trades_history"), asset_partitions=[partition_key]
+            ),
+            limit=1,
+        ).records
+    assert records, f"no materialization of {partition_key} in the instance at {home}"
+    materialization = records[0].asset_materialization
+    assert materialization is not None
+    return {key: value.value for key, value in materialization.metadata.items()}

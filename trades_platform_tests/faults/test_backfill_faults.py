@@ -21,7 +21,7 @@ from trades_platform_tests.faults.conftest import (
     backfill_command,
     backfill_kraken,
     backfill_metadata,
-    backfill_summary,
+    cli_backfill_metadata,
     day_ids,
     ids_of,
     live_cli,
@@ -121,7 +121,7 @@ def test_the_same_partition_twice_at_once_writes_the_day_once(
         )
         assert other.wait(timeout_seconds=120) == 0, other.output[-4000:]
     sent = trades_sent(history, served_before)
-    first, second = backfill_summary(other.output), backfill_metadata(ours)
+    first, second = cli_backfill_metadata(tmp_path / "home", key), backfill_metadata(ours)
     expected = day_ids(BACKFILL_MARKET, key)
     records = read_topic(broker, topic, expected=len(expected))
     print(

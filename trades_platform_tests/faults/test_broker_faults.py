@@ -31,8 +31,7 @@ from trades_platform_tests.faults.conftest import (
     live_flags,
     live_kraken,
     run_live,
-    run_messages,
-    stopped_line,
+    run_totals,
     trades_sent,
     wall_us,
 )
@@ -68,13 +67,13 @@ def test_a_20s_broker_cut_within_the_delivery_timeout_keeps_the_run_alive(
         ended = time.monotonic()
         ended_us = wall_us(seconds_ago=3)
         sent = trades_sent(sim)
-    line = stopped_line(run_messages(dagster_instance, result.run_id))
+    totals = run_totals(dagster_instance, result.run_id)
     assert result.success and cutting.is_set()
     assert proxy.stats.cuts == 1 and proxy.stats.connections_cut >= 1, proxy.stats
     assert proxy.stats.refused >= 1, "no client tried the broker during the cut"
     assert ended - cut_at[0] > CUT_SECONDS, "the run ended before the broker came back"
-    written = int(line.split("Stopped: ")[1].split(" trades written")[0])
-    assert f"{written} trades written, {written} acknowledged by the broker, 0 failed" in line
+    written = totals["written"]
+    assert (totals["acknowledged"], totals["failed"]) == (written, 0), totals
     records = read_topic(proxied_broker.address, topic, expected=written)
     assert len(records) == written
     assert_exactly_once(
@@ -116,8 +115,8 @@ def test_a_cut_past_the_delivery_timeout_fails_the_run_and_the_relaunch_recovers
         ended_us = wall_us(seconds_ago=3)
         sent = trades_sent(sim)
     assert relaunched.success
-    first_line = [m for m in run_messages(dagster_instance, failed.run_id) if "Stopped:" in m][-1]
-    second_line = stopped_line(run_messages(dagster_instance, relaunched.run_id))
+    first = run_totals(dagster_instance, failed.run_id)
+    second = run_totals(dagster_instance, relaunched.run_id)
     records = read_topic(proxied_broker.address, topic)
     counts = assert_exactly_once(
         records,
@@ -132,8 +131,8 @@ def test_a_cut_past_the_delivery_timeout_fails_the_run_and_the_relaunch_recovers
     # The relaunch wrote on from where the failed run's acknowledged trades end: the cut's
     # trades are there, healed.
     assert all(count.in_topic > LIVE_RATE * CUT_SECONDS for count in counts.values())
-    print(f"[faults] cut-past-timeout: failed run: {first_line[:160]}")
-    print(f"[faults] cut-past-timeout: relaunch: {second_line[:160]}; {healed} healed")
+    print(f"[faults] cut-past-timeout: failed run: {first}")
+    print(f"[faults] cut-past-timeout: relaunch: {second}; {healed} healed")
     print(f"[faults] cut-past-timeout: error {error.splitlines()[0][:200]}")
 
 
@@ -141,9 +140,9 @@ def test_a_backfill_lease_holder_cut_off_from_the_broker_stops_for_good(
     proxied_broker: ProxiedBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Heartbeats unacknowledged past the standing bound: no further page, even once back."""
-    monkeypatch.setattr(window_leases, "HEARTBEAT_SECONDS", 0.5)
-    monkeypatch.setattr(window_leases, "HEARTBEAT_ACK_SECONDS", 0.5)
-    monkeypatch.setattr(window_leases, "STANDING_SECONDS", 2.0)
+    monkeypatch.setattr(window_leases, "WINDOW_HEARTBEAT_SECONDS", 0.5)
+    monkeypatch.setattr(window_leases, "WINDOW_HEARTBEAT_ACK_SECONDS", 0.5)
+    monkeypatch.setattr(window_leases, "WINDOW_STANDING_SECONDS", 2.0)
     settings = KafkaSettings(broker_address=proxied_broker.address, topic=unique_topic())
     failures: list[str] = []
     day = (19_800 * 86_400_000_000, 19_801 * 86_400_000_000)

@@ -12,6 +12,7 @@ from trades_platform.simulator.market import SimulatedMarket
 from trades_platform.testing import (
     SimulatorProcess,
     grace_backlog,
+    live_run_totals,
     once_every_pair_is_written,
     read_topic,
     unique_topic,
@@ -24,8 +25,7 @@ from trades_platform_tests.faults.conftest import (
     live_kraken,
     run_live,
     run_messages,
-    stat_from_line,
-    stopped_line,
+    run_totals,
     trades_sent,
     wall_us,
 )
@@ -64,10 +64,10 @@ def test_socket_drops_mid_stream(broker: str, dagster_instance: DagsterInstance)
         ended_us = wall_us(seconds_ago=3)
         stats = sim.stats()
         sent = trades_sent(sim)
-    line = stopped_line(run_messages(dagster_instance, result.run_id))
+    totals = run_totals(dagster_instance, result.run_id)
     assert result.success and dropping.is_set()
     assert stats["drops"] >= 3, stats
-    assert stat_from_line(line, "reconnects") >= 3, line
+    assert totals["reconnects"] >= 3, totals
     records = read_topic(broker, topic, expected=trades)
     assert len(records) == trades
     assert_exactly_once(
@@ -99,11 +99,11 @@ def test_stall_past_the_watchdog_is_healed_from_rest(
         stats = sim.stats()
         sent = trades_sent(sim)
     messages = run_messages(dagster_instance, result.run_id)
-    line = stopped_line(messages)
+    totals = live_run_totals(messages)
     assert result.success and stalling.is_set()
     assert stats["stalls"] >= 1, stats
     assert any("(watchdog)" in message for message in messages)
-    assert stat_from_line(line, "healed") > 0, line
+    assert totals["healed"] > 0, totals
     records = read_topic(broker, topic, expected=trades)
     assert len(records) >= trades
     assert_exactly_once(
@@ -158,10 +158,10 @@ def test_malformed_frames_go_to_the_dead_letter_topic(
         ended_us = wall_us(seconds_ago=3)
         stats = sim.stats()
         sent = trades_sent(sim)
-    line = stopped_line(run_messages(dagster_instance, result.run_id))
+    totals = run_totals(dagster_instance, result.run_id)
     assert result.success
-    rejected = stat_from_line(line, "dead-lettered")
-    assert rejected > 0, line
+    rejected = totals["dead_lettered"]
+    assert rejected > 0, totals
     records = read_topic(broker, topic, expected=trades)
     assert len(records) == trades
     assert_exactly_once(

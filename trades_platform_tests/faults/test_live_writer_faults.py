@@ -37,7 +37,7 @@ from trades_platform_tests.faults.conftest import (
     backfill_command,
     backfill_kraken,
     backfill_metadata,
-    backfill_summary,
+    cli_backfill_metadata,
     day_ids,
     ids_of,
     live_cli,
@@ -46,8 +46,7 @@ from trades_platform_tests.faults.conftest import (
     run_backfill,
     run_live,
     run_messages,
-    stat_from_line,
-    stopped_line,
+    run_totals,
     trades_sent,
     wait_for_claim,
     wall_us,
@@ -115,13 +114,13 @@ def test_every_seventh_id_left_out_is_healed_in_order(
         ended_us = wall_us(seconds_ago=5)
         stats = sim.stats()
         sent = trades_sent(sim)
-    line = stopped_line(run_messages(dagster_instance, result.run_id))
+    totals = run_totals(dagster_instance, result.run_id)
     assert result.success
     assert stats["trades_left_out_total"] > 50, stats
-    assert stat_from_line(line, "left_out") >= stats["trades_left_out_total"] - 10, line
-    assert stat_from_line(line, "healed") > 50, line
-    assert stat_from_line(line, "out_of_order") == 0, line
-    assert stat_from_line(line, "rest_calls") <= seconds + 1, line
+    assert totals["left_out"] >= stats["trades_left_out_total"] - 10, totals
+    assert totals["healed"] > 50, totals
+    assert totals["out_of_order"] == 0, totals
+    assert totals["rest_calls"] <= seconds + 1, totals
     records = read_topic(broker, topic)
     market = SimulatedMarket(LIVE_PAIRS, 25.0)
     assert_exactly_once(
@@ -139,7 +138,7 @@ def test_every_seventh_id_left_out_is_healed_in_order(
         latency_ms = value["received_ms"] - max(value["timestamp_ms"], claimed_ms)
         limit_ms = 6_000 if value["source"] == "live" else 15_000
         assert latency_ms < limit_ms, value
-    print(f"[faults] left-out-7: {_sources(records)}; {line.split('; ', 1)[1][:300]}")
+    print(f"[faults] left-out-7: {_sources(records)}; {totals}")
 
 
 def test_only_the_first_trade_of_each_match_arrives(
@@ -159,7 +158,7 @@ def test_only_the_first_trade_of_each_match_arrives(
         ended_us = wall_us(seconds_ago=5)
         stats = sim.stats()
         sent = trades_sent(sim)
-    line = stopped_line(run_messages(dagster_instance, result.run_id))
+    totals = run_totals(dagster_instance, result.run_id)
     assert result.success
     # Two of every three trades never came over the socket.
     assert stats["trades_left_out_total"] > stats["trades_sent_total"] // 2, stats
@@ -170,8 +169,8 @@ def test_only_the_first_trade_of_each_match_arrives(
     )
     _assert_in_order(records, LIVE_PAIRS)
     assert _sources(records)["heal"] > sum(count.in_topic for count in counts.values()) // 2
-    assert stat_from_line(line, "out_of_order") == 0, line
-    print(f"[faults] followers: {_sources(records)}; {line.split('; ', 1)[1][:300]}")
+    assert totals["out_of_order"] == 0, totals
+    print(f"[faults] followers: {_sources(records)}; {totals}")
 
 
 def _kraken_time_us(sim: SimulatorProcess) -> int:
@@ -443,7 +442,7 @@ def test_readers_with_a_clock_five_minutes_ahead_leave_a_healthy_claim_alone(
         assert slow.live.wait(timeout_seconds=300) == 0, slow.live.output[-4000:]
         sent = trades_sent(slow.sim)
     assert "are being written by other live runs" in second.output, second.output[-4000:]
-    summary = backfill_summary(backfill.output)
+    summary = cli_backfill_metadata(tmp_path / "ahead", DAY_KEY)
     records = read_topic(broker, topic)
     assert_exactly_once(
         records,

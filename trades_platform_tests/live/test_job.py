@@ -21,6 +21,7 @@ from trades_platform.testing import (
     duplicated_ids,
     grace_backlog,
     ids_by_pair,
+    live_run_totals,
     once_every_pair_is_written,
     read_topic,
     unique_topic,
@@ -86,7 +87,10 @@ def test_every_streamed_trade_lands_once(simulator: SimulatorProcess, broker: st
     # Progress lines in the run log: rate, per-pair totals, the lag (age of the newest trade).
     progress = [line for line in logs if "trades/s" in line and "lag now" in line]
     assert progress and all("BTC/USD=" in line for line in progress[1:])
+    # The last line for people, then the same counters for tools.
     assert any("Stopped: 300 trades written, 300 acknowledged" in line for line in logs)
+    totals = live_run_totals(logs)
+    assert (totals["written"], totals["acknowledged"], totals["failed"]) == (300, 300, 0), totals
 
 
 @pytest.mark.slow
@@ -194,10 +198,10 @@ def test_sigterm_flushes_every_trade_and_closes(
     rest, _ = process.communicate(timeout=60)
     output.append(rest)
     text = "".join(output)
-    stopped = [line for line in text.splitlines() if "Stopped:" in line]
-    assert stopped, text[-4000:]
-    written = int(stopped[-1].split("Stopped: ")[1].split(" trades written")[0])
-    assert f"{written} trades written, {written} acknowledged" in stopped[-1]
+    assert "Run totals: " in text, text[-4000:]
+    totals = live_run_totals(text.splitlines())
+    written = totals["written"]
+    assert totals["acknowledged"] == written, totals
     records = read_topic(broker, topic, expected=written)
     assert written > 0
     assert len(records) == written
