@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from bench.spec import RunSpec
 from bench.worker import RESULT_PREFIX
 from trades_platform.local_broker import LocalBroker
+from trades_platform.settings import KafkaSettings
 from trades_platform.testing import ServerProcess, SimulatorProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ class Harness:
         try:
             broker = self._stack.enter_context(LocalBroker(log_path=self.log_dir / "broker.log"))
             self.broker = broker.address
-            self._admin = AdminClient({"bootstrap.servers": self.broker})
+            self._admin = AdminClient(KafkaSettings(broker_address=self.broker).client_config())
             # Dropped before the broker stops, or librdkafka logs the disconnect on the way out.
             self._stack.callback(self._drop_admin)
             replay = ServerProcess(

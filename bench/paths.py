@@ -95,7 +95,8 @@ def _warm_up(confluent: Producer, topic: str) -> None:
 
 def _confluent_of(producer: TradeProducer) -> Producer:
     """The librdkafka handle inside TradeProducer (Quix creates it lazily, on first use)."""
-    return producer._producer._producer
+    handle: Producer = producer.librdkafka
+    return handle
 
 
 def _producer_settings(spec: RunSpec) -> KafkaSettings:
@@ -131,7 +132,7 @@ class _BareProducer:
     """A confluent-kafka Producer with the product's settings and an ack counter."""
 
     def __init__(self, spec: RunSpec) -> None:
-        config = {"bootstrap.servers": spec.broker, **_producer_config(spec)}
+        config = {**_producer_settings(spec).client_config(), **_producer_config(spec)}
         self.producer = Producer(config)
         self.acknowledged = 0
         self.failed = 0
@@ -314,8 +315,10 @@ def live_product(spec: RunSpec) -> dict[str, Any]:
 class _TimedTradeProducer(TradeProducer):
     """Records when each acknowledgment is served, with the message it acknowledges."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
-        super().__init__(settings)
+    def __init__(
+        self, settings: KafkaSettings, *, extra_config: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(settings, extra_config=extra_config)
         self.acks: list[tuple[int, bytes, float]] = []
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:

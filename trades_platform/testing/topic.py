@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from trades_platform.id_counts import IdCount, count_ids
+from trades_platform.settings import KafkaSettings
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,11 @@ def read_topic(
     arrived (a duplicate would show up in that second); in any case after `max_seconds`, so a
     topic that is still being written to cannot keep it reading forever.
     """
-    admin = AdminClient({"bootstrap.servers": broker})
+    settings = KafkaSettings(broker_address=broker, topic=topic)
+    admin = AdminClient(settings.client_config())
     metadata = admin.list_topics(topic, timeout=10).topics[topic]
-    consumer = Consumer(
-        {
-            "bootstrap.servers": broker,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
+    # The platform's own reader settings; the end is told by quiet, not by end-of-partition events.
+    consumer = Consumer({**settings.consumer_config(), "enable.partition.eof": False})
     consumer.assign([TopicPartition(topic, partition, 0) for partition in metadata.partitions])
     records: list[TopicRecord] = []
     started_at = last_message_at = time.monotonic()
