@@ -22,6 +22,7 @@ from bench.worker import RESULT_PREFIX
 from trades_platform.local_broker import LocalBroker
 from trades_platform.settings import KafkaSettings
 from trades_platform.testing import ServerProcess, SimulatorProcess
+from trades_platform.topics import TRADES_TOPIC_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 _PARTITIONS = 3  # KafkaSettings' default: the product's topic layout
@@ -106,7 +107,10 @@ class Harness:
 
     def _create_topic(self, name: str) -> None:
         assert self._admin is not None
-        futures = self._admin.create_topics([NewTopic(name, _PARTITIONS, 1)])
+        # The product's own topic configuration: its producer refuses a topic that deletes history.
+        futures = self._admin.create_topics(
+            [NewTopic(name, _PARTITIONS, 1, config=TRADES_TOPIC_CONFIG)]
+        )
         futures[name].result(timeout=30)
 
     def _delete_topic(self, name: str) -> None:

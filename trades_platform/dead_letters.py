@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 
 from quixstreams import Application
+from quixstreams.models import TopicConfig
 
 from trades_platform.kraken.websocket import RejectedFrame
 from trades_platform.producer import quix_connection
 from trades_platform.settings import KafkaSettings
+from trades_platform.topics import dlq_topic, dlq_topic_config
 
 # Raw input is cut to this many characters: the reason matters, a 10 MB frame does not.
 MAX_RAW_CHARS = 65_536
@@ -25,7 +27,14 @@ class DeadLetterProducer:
             auto_create_topics=True,
         )
         self.topic = self._app.topic(
-            f"{settings.topic}.dlq", key_serializer="str", value_serializer="json"
+            dlq_topic(settings),
+            key_serializer="str",
+            value_serializer="json",
+            config=TopicConfig(
+                num_partitions=1,
+                replication_factor=settings.replication_factor,
+                extra_config=dlq_topic_config(settings),
+            ),
         )
         self._producer = self._app.get_producer()
         self.sent = 0

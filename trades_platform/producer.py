@@ -16,6 +16,7 @@ from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import TopicConfig
 
 from trades_platform.settings import KafkaSettings
+from trades_platform.topics import TRADES_TOPIC_CONFIG, check_keeps_history
 from trades_platform.trade import Trade
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,11 @@ class TradeProducer:
             config=TopicConfig(
                 num_partitions=settings.topic_partitions,
                 replication_factor=settings.replication_factor,
+                extra_config=TRADES_TOPIC_CONFIG,
             ),
         )
+        # A topic made elsewhere, or by an older version, may delete history: refuse it.
+        check_keeps_history(settings)
         self._producer = self._app.get_producer()
         self.sent = 0
         self.acknowledged = 0

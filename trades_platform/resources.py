@@ -176,6 +176,7 @@ class RedpandaResource(_MirroredResource):
     topic: str = _mirror(KafkaSettings, "topic")
     topic_partitions: int = _mirror(KafkaSettings, "topic_partitions")
     replication_factor: int = _mirror(KafkaSettings, "replication_factor")
+    dlq_retention_days: int = _mirror(KafkaSettings, "dlq_retention_days")
     delivery_timeout_ms: int = _mirror(KafkaSettings, "delivery_timeout_ms")
     linger_ms: int = _mirror(KafkaSettings, "linger_ms")
     compression_type: str = _mirror(KafkaSettings, "compression_type")

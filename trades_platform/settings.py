@@ -75,6 +75,13 @@ class KafkaSettings(SettingsGroup):
     replication_factor: int = Field(
         default=1, ge=1, le=32, description="Replication factor when the platform creates a topic"
     )
+    dlq_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days the dead-letter topic keeps what could not be used (the trades topic "
+        "keeps everything)",
+    )
     delivery_timeout_ms: int = Field(
         default=120_000,
         ge=1_000,

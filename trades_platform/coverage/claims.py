@@ -39,13 +39,13 @@ from trades_platform.coverage.coverage_log import (
     HeartbeatWatch,
     Liveness,
     coverage_producer,
-    coverage_topic,
     ensure_coverage_topic,
     publish_and_wait,
 )
 from trades_platform.coverage.id_ranges import IdRanges
 from trades_platform.coverage.window_leases import BACKFILL_PAGE_BOUND_SECONDS
 from trades_platform.settings import KafkaSettings
+from trades_platform.topics import coverage_topic
 
 CLAIM_KEY_PREFIX = "live-claim|"
 BEAT_KEY_PREFIX = "live-beat|"

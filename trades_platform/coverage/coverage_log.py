@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from trades_platform.settings import KafkaSettings
 from trades_platform.topic_reader import read_to_end
+from trades_platform.topics import COVERAGE_TOPIC_CONFIG, coverage_topic
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ logger = logging.getLogger(__name__)
 CLOCK_MARGIN_MS = 10 * 60 * 1000
 # How often a waiter reads the coverage log again.
 POLL_SECONDS = 1.0
-
-
-def coverage_topic(settings: KafkaSettings) -> str:
-    """The coverage topic that goes with the trades topic."""
-    return f"{settings.topic}.coverage"
 
 
 def coverage_producer(settings: KafkaSettings) -> Producer:
@@ -61,7 +57,7 @@ def ensure_coverage_topic(settings: KafkaSettings) -> None:
                 name,
                 num_partitions=1,
                 replication_factor=settings.replication_factor,
-                config={"cleanup.policy": "compact"},
+                config=COVERAGE_TOPIC_CONFIG,
             )
         ]
     )

@@ -38,11 +38,11 @@ from trades_platform.coverage.coverage_log import (
     Heartbeater,
     HeartbeatWatch,
     coverage_producer,
-    coverage_topic,
     ensure_coverage_topic,
     publish_and_wait,
 )
 from trades_platform.settings import KafkaSettings
+from trades_platform.topics import coverage_topic
 from trades_platform.trade import format_time_us
 
 # A backfill's page is acknowledged or failed within this bound (its producer's delivery timeout).
