@@ -22,6 +22,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CACHE_SIZE = 4096
 _SECOND_TEXT: dict[int, str] = {}
 _SECOND_US: dict[str, int] = {}
+# Kraken's trade ids count up from 1 per pair (about 5e9 in 2026). One at or past 2**53 (the
+# largest integer JSON readers keep exactly) is no Kraken id, and as a resume point it would make
+# every later trade look like a repeat.
+MAX_TRADE_ID = 2**53 - 1
+# No trade on Kraken is older than this (2013-01-01 UTC).
+EARLIEST_TRADE_MS = 1_356_998_400_000
 # What a WebSocket v2 pair name looks like; the settings, the parsers and the record check it.
 PAIR_PATTERN = r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$"
 
@@ -221,3 +227,19 @@ def seconds_to_time_us(seconds: float) -> int:
 # Where `seconds_to_time_us` may skip repr(): [2**29, 2**32) seconds, 1987-01-05 to 2106-02-07.
 _EXACT_FROM = float(2**29)
 _EXACT_UNTIL = float(2**32)
+
+
+def implausible_reason(trade_id: object, timestamp_ms: object, latest_ms: int) -> str | None:
+    """Why a trade id and time read back from somewhere cannot be a Kraken trade, or None.
+
+    `latest_ms`: the latest time a trade may have (now plus the clocks' margin).
+    """
+    if type(trade_id) is not int:
+        return f"trade_id is not a whole number: {str(trade_id)[:40]!r}"
+    if not 0 < trade_id <= MAX_TRADE_ID:
+        return f"trade_id {str(trade_id)[:40]} is out of range (1 to {MAX_TRADE_ID})"
+    if type(timestamp_ms) is not int:
+        return f"timestamp_ms is not a whole number: {str(timestamp_ms)[:40]!r}"
+    if not EARLIEST_TRADE_MS <= timestamp_ms <= latest_ms:
+        return f"timestamp_ms {timestamp_ms} is before 2013 or in the future"
+    return None

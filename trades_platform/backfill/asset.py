@@ -12,7 +12,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
 from trades_platform.coverage.claims import ClaimBoard, ObservedClaim
 from trades_platform.coverage.coverage_log import POLL_SECONDS
-from trades_platform.coverage.topic_ids import scan_topic_ids
+from trades_platform.coverage.topic_ids import rejected_warnings, scan_topic_ids
 from trades_platform.coverage.window_leases import (
     BACKFILL_PAGE_BOUND_SECONDS,
     WINDOW_LEASE_SECONDS,
@@ -45,6 +45,8 @@ class BackfillSummary:
     written: int = 0
     already_present: int = 0
     left_to_live: int = 0
+    # Records under the pair's key in the topic that are not plausible trades (skipped).
+    rejected_in_topic: int = 0
     trade_ids: list[int] = field(default_factory=list)
     times_us: list[int] = field(default_factory=list)
     prices: list[float] = field(default_factory=list)
@@ -94,6 +96,7 @@ class BackfillSummary:
             "written": self.written,
             "already_present": self.already_present,
             "left_to_live_writer": self.left_to_live,
+            "records_in_topic_rejected": self.rejected_in_topic,
             "seconds_waiting_for_other_backfills": round(self.lease_wait_seconds, 3),
             "pair": window.pair,
             "window": window.describe(),
@@ -163,7 +166,11 @@ class WindowBackfill:
             if observed.over
         }
         # What is already in the topic is never written again (see ARCHITECTURE.md).
-        present = scan_topic_ids(self.settings, [pair])[pair].ids
+        scanned = scan_topic_ids(self.settings, [pair])
+        for warning in rejected_warnings(scanned):
+            self._log.warning(warning)
+        self.summary.rejected_in_topic = scanned[pair].rejected
+        present = scanned[pair].ids
         bound_ms = int(BACKFILL_PAGE_BOUND_SECONDS * 1000)
         try:
             with (

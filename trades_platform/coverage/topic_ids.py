@@ -3,24 +3,61 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import orjson
 from confluent_kafka import Consumer
 
+from trades_platform.coverage.coverage_log import CLOCK_MARGIN_MS
 from trades_platform.coverage.id_ranges import IdRanges
 from trades_platform.settings import KafkaSettings
 from trades_platform.topic_reader import read_to_end, topic_partitions
-from trades_platform.trade import message_key_for, parse_time_iso
+from trades_platform.trade import implausible_reason, message_key_for, parse_time_iso
+
+# Records of a pair that are not plausible trades are all counted; this many are kept to report.
+MAX_REJECTED_SAMPLES = 10
+
+
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A record under a pair's key that is not a plausible trade, and where it is."""
+
+    partition: int
+    offset: int
+    reason: str
+
+    def describe(self) -> str:
+        """`partition 0 offset 15: value is not JSON`."""
+        return f"partition {self.partition} offset {self.offset}: {self.reason}"
 
 
 @dataclass
 class PairIds:
-    """The ids of one pair present in the topic, and the exact time of the highest one."""
+    """The ids of one pair present in the topic, and the exact time of the highest one.
+
+    Records under the pair's key that are not plausible trades (not JSON, not an object, an id
+    or a time no Kraken trade has) are skipped: they never stop a writer and never become its
+    resume point. `rejected` counts them; `rejected_samples` keeps the first few.
+    """
 
     ids: IdRanges = field(default_factory=IdRanges)
     highest_time_us: int | None = None
     duplicates: int = 0
+    rejected: int = 0
+    rejected_samples: list[RejectedRecord] = field(default_factory=list)
+
+    def reject(self, partition: int, offset: int, reason: str) -> None:
+        """Count a record that is not a plausible trade."""
+        self.rejected += 1
+        if len(self.rejected_samples) < MAX_REJECTED_SAMPLES:
+            self.rejected_samples.append(RejectedRecord(partition, offset, reason))
+
+    def describe_rejected(self) -> str:
+        """The rejected records in one line, for a warning."""
+        shown = "; ".join(record.describe() for record in self.rejected_samples)
+        more = self.rejected - len(self.rejected_samples)
+        return shown + (f"; and {more} more" if more > 0 else "")
 
 
 def scan_topic_ids(
@@ -32,6 +69,8 @@ def scan_topic_ids(
     """
     by_key = {message_key_for(pair).encode(): pair for pair in pairs}
     found = {pair: PairIds() for pair in pairs}
+    # A trade from later than this is no trade yet (the writers' clocks may differ by the margin).
+    latest_ms = int(time.time() * 1000) + CLOCK_MARGIN_MS
     consumer = Consumer(settings.consumer_config())
     try:
         partitions = topic_partitions(consumer, settings.topic) or []
@@ -46,11 +85,22 @@ def scan_topic_ids(
             pair = by_key.get(message.key() or b"")
             if pair is None:
                 continue
-            value = orjson.loads(message.value() or b"{}")
-            trade_id = value.get("trade_id")
-            if not isinstance(trade_id, int):
-                continue
             entry = found[pair]
+            where = (message.partition() or 0, message.offset() or 0)
+            try:
+                value = orjson.loads(message.value() or b"")
+            except orjson.JSONDecodeError:
+                entry.reject(*where, "value is not JSON")
+                continue
+            if not isinstance(value, dict):
+                entry.reject(*where, f"value is a JSON {type(value).__name__}, not an object")
+                continue
+            trade_id = value.get("trade_id")
+            reason = implausible_reason(trade_id, value.get("timestamp_ms"), latest_ms)
+            if reason is not None:
+                entry.reject(*where, reason)
+                continue
+            assert isinstance(trade_id, int)  # implausible_reason checked it
             if trade_id in entry.ids:
                 entry.duplicates += 1
                 continue
@@ -67,3 +117,13 @@ def scan_topic_ids(
             with contextlib.suppress(ValueError):
                 found[pair].highest_time_us = parse_time_iso(text)
     return found
+
+
+def rejected_warnings(found: dict[str, PairIds]) -> list[str]:
+    """One warning per pair whose scan skipped records that are not plausible trades."""
+    return [
+        f"{pair}: {entry.rejected} record(s) under its key in the topic are not plausible trades "
+        f"and were skipped (they do not count as present): {entry.describe_rejected()}"
+        for pair, entry in found.items()
+        if entry.rejected
+    ]

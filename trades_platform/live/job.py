@@ -8,7 +8,7 @@ from dagster import Config, OpExecutionContext, in_process_executor, job, op
 from pydantic import Field
 
 from trades_platform.coverage.claims import ObservedClaim, TailClaimHolder, claim_lease_seconds
-from trades_platform.coverage.topic_ids import PairIds, scan_topic_ids
+from trades_platform.coverage.topic_ids import PairIds, rejected_warnings, scan_topic_ids
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.dead_letters import DeadLetterProducer
 from trades_platform.live.healer import GapHealer
@@ -99,6 +99,8 @@ def stream_live_trades(
             "In the topic: "
             + ", ".join(f"{pair} {len(found.ids)} ids" for pair, found in scanned.items())
         )
+        for warning in rejected_warnings(scanned):
+            context.log.warning(warning)
         with redpanda.trade_producer() as producer:
             _stream(context, config, kraken, redpanda, holder, producer, scanned, pairs)
     finally:

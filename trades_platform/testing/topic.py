@@ -12,8 +12,10 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from trades_platform.coverage.coverage_log import CLOCK_MARGIN_MS
 from trades_platform.id_counts import IdCount, count_ids
 from trades_platform.settings import KafkaSettings
+from trades_platform.trade import implausible_reason
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,13 @@ def read_topic(
     expected: int | None = None,
     idle_seconds: float = 3.0,
     max_seconds: float = 120.0,
+    trades_only: bool = False,
 ) -> list[TopicRecord]:
     """Records from the start of the topic, read committed.
+
+    With `trades_only`, records that are not plausible trades (not a JSON object, an id or time
+    no Kraken trade has: see `trade.implausible_reason`) are left out; otherwise a value that is
+    not JSON raises.
 
     Stops after a quiet spell of `idle_seconds`; with `expected`, one second after that many
     arrived (a duplicate would show up in that second); in any case after `max_seconds`, so a
@@ -71,17 +78,34 @@ def read_topic(
             if message.error():
                 raise RuntimeError(f"consumer error: {message.error()}")
             last_message_at = time.monotonic()
-            records.append(
-                TopicRecord(
-                    key=(message.key() or b"").decode(),
-                    value=orjson.loads(message.value()),
-                    timestamp_ms=message.timestamp()[1],
-                    partition=message.partition(),
-                )
+            record = TopicRecord(
+                key=(message.key() or b"").decode(errors="replace"),
+                value=_json_or_none(message.value())
+                if trades_only
+                else orjson.loads(message.value()),
+                timestamp_ms=message.timestamp()[1],
+                partition=message.partition(),
             )
+            if trades_only and not _is_plausible_trade(record.value):
+                continue
+            records.append(record)
     finally:
         consumer.close()
     return records
+
+
+def _json_or_none(value: bytes | None) -> Any:
+    try:
+        return orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _is_plausible_trade(value: Any) -> bool:
+    if not isinstance(value, dict) or not isinstance(value.get("pair"), str):
+        return False
+    latest_ms = int(time.time() * 1000) + CLOCK_MARGIN_MS
+    return implausible_reason(value.get("trade_id"), value.get("timestamp_ms"), latest_ms) is None
 
 
 def ids_by_pair(records: list[TopicRecord]) -> dict[str, list[int]]:
