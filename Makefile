@@ -68,15 +68,16 @@ simulator: install ## Run the Kraken simulator on 127.0.0.1:8765 in the foregrou
 
 start-redpanda: ## Start Redpanda + Console with docker compose (needs a Docker engine)
 	$(COMPOSE) $(COMPOSE_ARGS) up -d redpanda console
-	@echo "Redpanda on localhost:19092, Console on http://localhost:8080"
+	@echo "Redpanda on 127.0.0.1:19092, Console on http://127.0.0.1:8080"
 	@echo "Point the platform at it: export KAFKA_BROKER_ADDRESS=localhost:19092"
 
 stop-redpanda: ## Stop Redpanda + Console
 	$(COMPOSE) $(COMPOSE_ARGS) down
 
-start-platform: ## Production-like stack with Docker: Redpanda, Console, Postgres, Dagster (UI :3000)
+start-platform: ## Production-like stack with Docker (needs DAGSTER_PG_PASSWORD): Redpanda, Console, Postgres, Dagster
+	@test -n "$$DAGSTER_PG_PASSWORD" || { echo "Set DAGSTER_PG_PASSWORD (the instance database's password; it has no default)"; exit 1; }
 	$(COMPOSE) $(COMPOSE_ARGS) --profile platform up -d --build
-	@echo "Dagster UI on http://localhost:3000 (instance in Postgres), Redpanda Console on http://localhost:8080"
+	@echo "Dagster UI on http://127.0.0.1:3000 (read-only for viewers: :3001), Redpanda Console on http://127.0.0.1:8080"
 	@echo "Logs: $(COMPOSE) $(COMPOSE_ARGS) --profile platform logs -f dagster-daemon trades-platform-code"
 
 stop-platform: ## Stop the stack of start-platform (volumes kept; add -v to the command to drop them)

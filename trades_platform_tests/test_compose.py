@@ -1,4 +1,5 @@
-"""docker-compose/: the files validate with a real Compose; the platform profile's commands work.
+"""docker-compose/: the files validate with a real Compose, publish nothing beyond loopback and
+carry no default secret; the platform profile's commands work.
 
 No Docker engine is needed: `docker-compose config` parses and interpolates the file, and the code
 container's own command (a Dagster gRPC code server) runs here as a process, answers its health
@@ -26,8 +27,20 @@ pytestmark = pytest.mark.compose
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose" / "docker-compose.yml"
-PLATFORM = ("postgres", "trades-platform-code", "dagster-webserver", "dagster-daemon")
-DAGSTER = ("trades-platform-code", "dagster-webserver", "dagster-daemon")
+PLATFORM = (
+    "postgres",
+    "trades-platform-code",
+    "dagster-webserver",
+    "dagster-webserver-read-only",
+    "dagster-daemon",
+)
+DAGSTER = (
+    "trades-platform-code",
+    "dagster-webserver",
+    "dagster-webserver-read-only",
+    "dagster-daemon",
+)
+PROFILES = [(), ("--profile", "platform")]
 BIN = Path(sys.executable).parent
 
 
@@ -53,7 +66,7 @@ def _config(*profile: str) -> dict[str, Any]:
     return yaml.safe_load(result.stdout)
 
 
-@pytest.mark.parametrize("profile", [(), ("--profile", "platform")], ids=["default", "platform"])
+@pytest.mark.parametrize("profile", PROFILES, ids=["default", "platform"])
 def test_compose_file_is_valid(profile: tuple[str, ...]) -> None:
     result = _compose(*profile, "config", "-q")
     assert result.returncode == 0, f"docker-compose config -q failed:\n{result.stderr}"
@@ -78,7 +91,39 @@ def test_platform_profile_wires_dagster_to_postgres_and_redpanda() -> None:
         assert env["DAGSTER_PG_DB"] == postgres["environment"]["POSTGRES_DB"]
         dockerfile = Path(service["build"]["context"]) / service["build"]["dockerfile"]
         assert dockerfile == PROJECT_ROOT / "docker-compose" / "Dockerfile"
-    assert services["dagster-webserver"]["ports"][0]["target"] == 3000
+    assert [_published(port) for port in services["dagster-webserver"]["ports"]] == [
+        ("127.0.0.1", "3000", "3000")
+    ]
+    read_only = services["dagster-webserver-read-only"]
+    assert read_only["command"][:2] == ["dagster-webserver", "--read-only"]
+    assert [_published(port) for port in read_only["ports"]] == [("127.0.0.1", "3001", "3000")]
+
+
+def _published(port: str | dict[str, Any]) -> tuple[str, str, str]:
+    """(host address, host port, container port) of a `ports` entry as `config` prints it."""
+    if isinstance(port, dict):
+        return (str(port.get("host_ip", "")), str(port["published"]), str(port["target"]))
+    host, published, target = port.split("/")[0].rsplit(":", 2)
+    return host, published, target
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=["default", "platform"])
+def test_nothing_is_published_beyond_loopback_and_no_secret_has_a_default(
+    profile: tuple[str, ...],
+) -> None:
+    services = _config(*profile)["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert _published(port)[0] == "127.0.0.1", f"{name} publishes {port}"
+    published = {_published(port)[1] for s in services.values() for port in s.get("ports", [])}
+    # Kafka for the host; Console; the two UIs. Not the proxy, registry or admin API.
+    assert published <= {"19092", "8080", "3000", "3001"}, published
+    assert not published & {"18081", "18082", "19644", "9644", "5432"}, published
+    for name, service in services.items():
+        for variable, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in variable:
+                # `_compose` runs without DAGSTER_PG_PASSWORD: a default would show here.
+                assert not value, f"{name}: {variable} has a default"
 
 
 def test_dockerfile_copies_only_what_the_build_context_sends() -> None:
