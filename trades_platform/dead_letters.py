@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from quixstreams import Application
 from quixstreams.models import TopicConfig
 
+from trades_platform.kraken.protocol import short_repr
 from trades_platform.kraken.websocket import RejectedFrame
 from trades_platform.producer import quix_connection
 from trades_platform.settings import KafkaSettings
@@ -41,8 +43,7 @@ class DeadLetterProducer:
 
     def send(self, rejected: RejectedFrame) -> None:
         """Queue one rejected frame or item for the dead-letter topic."""
-        raw = rejected.raw
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        text = _raw_text(rejected.raw)
         value = {
             "reason": rejected.reason,
             "raw": text[:MAX_RAW_CHARS],
@@ -57,3 +58,16 @@ class DeadLetterProducer:
     def close(self, timeout_seconds: float = 10.0) -> None:
         """Flush what is queued."""
         self._producer.flush(timeout_seconds)
+
+
+def _raw_text(raw: object) -> str:
+    """The rejected input as text: JSON where it can be, a bounded repr where it cannot."""
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "replace")
+    if isinstance(raw, str):
+        return raw
+    try:
+        return orjson.dumps(raw).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        # Nested deeper than JSON writers go (an item a thousand levels deep), or not JSON.
+        return short_repr(raw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +26,23 @@ from trades_platform.trade import (
     parse_time_iso,
     seconds_to_time_us,
 )
+
+# Rejection reasons show input values through this: bounded in length and in depth, so an item
+# nested a thousand levels deep cannot make the reason itself fail (RecursionError).
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = (
+    2,
+    60,
+    60,
+    40,
+)
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = 4
+
+
+def short_repr(value: Any) -> str:
+    """A short repr of any input value (rejection reasons, dead letters); never raises."""
+    return _SHORT_REPR.repr(value)
+
 
 # Frames larger than this are rejected unparsed: Kraken's largest real frames are a few kB.
 MAX_FRAME_BYTES = 1_048_576
@@ -149,7 +167,7 @@ def parse_frame(
     if channel == "status":
         return _status_message(frame, raw)
     if channel is not None:
-        return IgnoredMessage(f"channel {channel!r}")
+        return IgnoredMessage(f"channel {short_repr(channel)}")
 
     method = frame.get("method")
     if method == "pong":
@@ -159,7 +177,7 @@ def parse_frame(
     if frame.get("success") is False:
         return ErrorMessage(method=_optional_str(method), error=str(frame.get("error")))
     if method is not None:
-        return IgnoredMessage(f"method {method!r}")
+        return IgnoredMessage(f"method {short_repr(method)}")
     return MalformedMessage("frame has neither a channel nor a method", raw)
 
 
@@ -169,7 +187,7 @@ def _trades_message(
     frame_type = frame.get("type")
     data = frame.get("data")
     if frame_type not in ("snapshot", "update"):
-        return MalformedMessage(f"trade frame with type {frame_type!r}", raw)
+        return MalformedMessage(f"trade frame with type {short_repr(frame_type)}", raw)
     if not isinstance(data, list):
         return MalformedMessage("trade frame without a data array", raw)
     trades: list[Trade] = []
@@ -361,17 +379,20 @@ def parse_rest_row(row: Any) -> RestTradeRow | str:
     rest_side = _REST_SIDES.get(side) if isinstance(side, str) else None
     rest_ord_type = _REST_ORDER_TYPES.get(ord_type) if isinstance(ord_type, str) else None
     if rest_side is None or rest_ord_type is None:
-        return f"unknown side {side!r} or order type {ord_type!r}"
+        return f"unknown side {short_repr(side)} or order type {short_repr(ord_type)}"
     if type(trade_id) is not int or trade_id <= 0:
-        return f"trade id {trade_id!r} is not a positive integer"
+        return f"trade id {short_repr(trade_id)} is not a positive integer"
     if type(time_s) not in (int, float) or not 0 < time_s < _INF:
-        return f"time {time_s!r} is not a positive number"
+        return f"time {short_repr(time_s)} is not a positive number"
     try:
         price, volume = float(price_text), float(volume_text)
     except ValueError:
-        return f"price {price_text!r} or volume {volume_text!r} is not a number"
+        return f"price {short_repr(price_text)} or volume {short_repr(volume_text)} is not a number"
     if not (0.0 < price < _INF and 0.0 < volume < _INF):
-        return f"price {price_text!r} and volume {volume_text!r} must be finite and positive"
+        return (
+            f"price {short_repr(price_text)} and volume {short_repr(volume_text)} must be "
+            "finite and positive"
+        )
     return RestTradeRow(
         trade_id, seconds_to_time_us(time_s), price, volume, rest_side, rest_ord_type
     )
@@ -380,7 +401,7 @@ def parse_rest_row(row: Any) -> RestTradeRow | str:
 def _short_validation_reason(error: ValidationError) -> str:
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"]) or "item"
-    return f"invalid trade: {location}: {first['msg']} (got {first.get('input')!r})"
+    return f"invalid trade: {location}: {first['msg']} (got {short_repr(first.get('input'))})"
 
 
 def _optional_str(value: Any) -> str | None:

@@ -90,12 +90,76 @@ class TradeGap:
         return self.last_missing_id - self.first_missing_id + 1
 
 
+# A rejection's reason is cut to this many characters: it names the problem, not the input.
+MAX_REASON_CHARS = 300
+# A frame's bad items beyond this many go to the dead-letter topic as one summary record.
+ITEMS_DEAD_LETTERED_PER_FRAME = 100
+# At most this many rejections are logged one by one per interval; the rest are counted in one
+# line per interval (all of them still go to the dead-letter topic and the counters).
+REJECTIONS_LOGGED_PER_INTERVAL = 10
+REJECTION_LOG_INTERVAL_SECONDS = 60.0
+
+
 @dataclass(frozen=True)
 class RejectedFrame:
     """A frame, or part of one, that could not be used, and why."""
 
     reason: str
     raw: object
+
+    def __post_init__(self) -> None:
+        if len(self.reason) > MAX_REASON_CHARS:
+            object.__setattr__(self, "reason", self.reason[: MAX_REASON_CHARS - 3] + "...")
+
+
+class RejectionLog:
+    """Logs rejected input one line each up to a budget per interval, then one summary line.
+
+    A feed that turns to junk (a 1 MiB frame of bad items is half a million rejections) must
+    not flood the run's event log; the counts and the dead-letter topic keep everything.
+    """
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        *,
+        per_interval: int = REJECTIONS_LOGGED_PER_INTERVAL,
+        interval_seconds: float = REJECTION_LOG_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = log
+        self._per_interval = per_interval
+        self._interval = interval_seconds
+        self._clock = clock
+        self._started = clock()
+        self._logged = 0
+        self._unlogged: Counter[str] = Counter()
+
+    def rejected(self, reason: str) -> None:
+        """Log one rejection, or count it once this interval's budget is spent."""
+        self._roll()
+        if self._logged < self._per_interval:
+            self._logged += 1
+            self._log.warning(f"Skipped bad Kraken input: {reason}")
+        else:
+            # Counted by the reason's first words: the ids and values in it vary.
+            self._unlogged[reason.split(":", 1)[0][:80]] += 1
+
+    def flush(self) -> None:
+        """Log the summary of what was counted but not logged (when the stream closes)."""
+        self._roll(force=True)
+
+    def _roll(self, *, force: bool = False) -> None:
+        now = self._clock()
+        if now - self._started < self._interval and not force:
+            return
+        if self._unlogged:
+            self._log.warning(
+                f"Skipped {self._unlogged.total()} more bad Kraken input(s) in the last "
+                f"{now - self._started:.0f}s without logging each (all are in the dead-letter "
+                f"topic): {dict(self._unlogged.most_common(5))}"
+            )
+        self._started, self._logged, self._unlogged = now, 0, Counter()
 
 
 @dataclass
@@ -144,6 +208,7 @@ class KrakenTradeStream:
         self._on_rejected = on_rejected
         self._on_gap = on_gap
         self._log = log
+        self._rejections = RejectionLog(log)
         self._sleep = sleep
         self._socket: websocket.WebSocket | None = None
         self._request_ids = itertools.count(1)
@@ -175,6 +240,7 @@ class KrakenTradeStream:
         """Stop the stream and close the socket; safe to call more than once."""
         self._closed = True
         self._disconnect()
+        self._rejections.flush()
 
     def _connect(self) -> None:
         settings = self.settings
@@ -228,7 +294,12 @@ class KrakenTradeStream:
             last_frame_at = now
             ping_sent = False
             self.stats.frames += 1
-            message = parse_frame(raw, self._source, received_ms)
+            try:
+                message = parse_frame(raw, self._source, received_ms)
+            except Exception as error:
+                # The parser is built never to raise; if some input still makes it, that frame
+                # is dead-lettered and the stream goes on.
+                message = MalformedMessage(f"frame not parsed: {type(error).__name__}", raw)
             if isinstance(message, TradesMessage):
                 self._reject_items(message.rejected)
                 yield self._new_trades(message.trades)
@@ -251,11 +322,16 @@ class KrakenTradeStream:
         """The next frame, or None when nothing arrived within the poll interval."""
         assert self._socket is not None
         try:
-            return self._socket.recv()
+            # Raw bytes, not `recv()`: that decodes text frames as UTF-8 and raises on invalid
+            # bytes (validation is off for speed); the parser rejects them as invalid JSON.
+            opcode, data = self._socket.recv_data()
         except websocket.WebSocketTimeoutException:
             return None
         except (OSError, websocket.WebSocketException) as error:
             raise _Reconnect(f"receive failed: {type(error).__name__}: {error}") from error
+        if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            return data  # type: ignore[no-any-return]
+        return ""
 
     def _send(self, request: dict[str, object]) -> None:
         assert self._socket is not None
@@ -319,12 +395,24 @@ class KrakenTradeStream:
             self._on_gap(gap)
 
     def _reject_items(self, items: list[RejectedItem]) -> None:
-        for item in items:
+        """Dead-letter a frame's bad items: the first few one by one, the rest as one summary."""
+        for item in items[:ITEMS_DEAD_LETTERED_PER_FRAME]:
             self._reject(RejectedFrame(item.reason, item.raw))
+        rest = items[ITEMS_DEAD_LETTERED_PER_FRAME:]
+        if rest:
+            reasons = Counter(item.reason.split(":", 1)[0][:80] for item in rest)
+            self.stats.rejected += len(rest) - 1  # the summary below counts one
+            self._reject(
+                RejectedFrame(
+                    f"{len(rest)} more bad items in one frame, not dead-lettered one by one: "
+                    f"{dict(reasons.most_common(5))}",
+                    rest[0].raw,
+                )
+            )
 
     def _reject(self, rejected: RejectedFrame) -> None:
         self.stats.rejected += 1
-        self._log.warning(f"Skipped bad Kraken input: {rejected.reason}")
+        self._rejections.rejected(rejected.reason)
         if self._on_rejected is not None:
             self._on_rejected(rejected)
 

@@ -186,9 +186,11 @@ class GapHealer:
         self.stats.requests += 1
         try:
             page = self.client.trades_since(pair, since_us)
-        except KrakenRestError as error:
+        except Exception as error:
+            # Any failure, an unforeseen one too, is retried: the thread must not die and leave
+            # the holes pending for good (they are handed back after the give-up bound).
             self.stats.failures += 1
-            message = str(error)
+            message = str(error) if isinstance(error, KrakenRestError) else repr(error)[:300]
             if self._last_error.get(pair) != message:
                 self._log.warning(f"{pair}: healing from REST failed ({message}); retrying")
                 self._last_error[pair] = message

@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="after every N-th trade frame, send one extra malformed frame",
     )
     faults.add_argument(
+        "--hostile-every-frames",
+        type=_count,
+        metavar="N",
+        help="after every N-th trade frame, send one hostile frame: invalid UTF-8 in a text "
+        "frame, an item nested 1000 deep, or a frame of 50,000 junk items (in turn)",
+    )
+    faults.add_argument(
         "--rest-rate-limit-next",
         type=_count,
         default=0,
@@ -194,6 +201,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
             "stall_after_trades": args.stall_after_trades,
             "stall_seconds": args.stall_seconds,
             "malformed_every_frames": args.malformed_every_frames,
+            "hostile_every_frames": args.hostile_every_frames,
             "rest_rate_limit_next": args.rest_rate_limit_next,
             "omit_every_nth_id": args.omit_every_nth_id,
             "omit_same_timestamp_followers": args.omit_same_timestamp_followers,

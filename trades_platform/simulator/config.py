@@ -76,6 +76,7 @@ class Stats:
     trade_frames_sent: int = 0
     heartbeats_sent: int = 0
     malformed_frames_sent: int = 0
+    hostile_frames_sent: int = 0
     rest_requests: int = 0
     # Trades answered by /0/public/Trades, per pair (pages that overlap count twice).
     rest_trades_sent: Counter[str] = field(default_factory=Counter)
@@ -97,6 +98,7 @@ class Stats:
             "trade_frames_sent": self.trade_frames_sent,
             "heartbeats_sent": self.heartbeats_sent,
             "malformed_frames_sent": self.malformed_frames_sent,
+            "hostile_frames_sent": self.hostile_frames_sent,
             "rest_requests": self.rest_requests,
             "rest_trades_sent": dict(sorted(self.rest_trades_sent.items())),
             "rate_limit_errors": self.rate_limit_errors,

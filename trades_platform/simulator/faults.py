@@ -24,6 +24,16 @@ MALFORMED_KINDS: tuple[str, ...] = (
 )
 OVERSIZED_BYTES = (1 << 20) + 4096  # just over the 1 MiB that common clients accept
 
+HOSTILE_KINDS: tuple[str, ...] = (
+    # A text frame whose bytes are not UTF-8 (clients that skip UTF-8 checks for speed see them).
+    "invalid_utf8",
+    # A trade item nested a thousand levels deep: recursion in the client's error handling.
+    "deeply_nested",
+    # One frame of JUNK_ITEMS items that are all invalid: a flood of rejections from one frame.
+    "junk_items",
+)
+JUNK_ITEMS = 50_000
+
 # REST rate-limit answers the rest_rate_limit_next fault cycles through: (HTTP status, error).
 RATE_LIMIT_ANSWERS: tuple[tuple[int, str], ...] = (
     (200, "EAPI:Rate limit exceeded"),
@@ -43,6 +53,9 @@ class FaultSwitches:
     stall_seconds: float = 5.0
     # After every N-th trade frame, send one extra malformed frame (kinds cycle).
     malformed_every_frames: int | None = None
+    # After every N-th trade frame, send one hostile frame (HOSTILE_KINDS cycle): input meant
+    # to crash or flood a client, not just bad data.
+    hostile_every_frames: int | None = None
     # Answer the next N REST data requests with rate-limit errors.
     rest_rate_limit_next: int = 0
     # Leave out of update frames every trade whose id is a multiple of N (krakenfx/api-go #36).
@@ -64,6 +77,7 @@ class FaultSwitches:
             "stall_after_trades": self.stall_after_trades,
             "stall_seconds": self.stall_seconds,
             "malformed_every_frames": self.malformed_every_frames,
+            "hostile_every_frames": self.hostile_every_frames,
             "rest_rate_limit_next": self.rest_rate_limit_next,
             "omit_every_nth_id": self.omit_every_nth_id,
             "omit_same_timestamp_followers": self.omit_same_timestamp_followers,
@@ -84,6 +98,7 @@ class FaultSwitches:
                 "drop_after_trades",
                 "stall_after_trades",
                 "malformed_every_frames",
+                "hostile_every_frames",
                 "omit_every_nth_id",
             ):
                 parsed[name] = _optional_count(name, value)
@@ -172,3 +187,24 @@ def malformed_frame(kind_index: int, symbol: str, timestamp: str) -> str:
 
 def _trade_frame(item: dict[str, Any]) -> dict[str, Any]:
     return {"channel": "trade", "type": "update", "data": [item]}
+
+
+def hostile_frame(kind_index: int, symbol: str, timestamp: str) -> bytes:
+    """The bytes of hostile frame number kind_index (HOSTILE_KINDS in turn), sent as text."""
+    kind = HOSTILE_KINDS[kind_index % len(HOSTILE_KINDS)]
+    item: dict[str, Any] = {
+        "symbol": symbol,
+        "side": "buy",
+        "price": 1.0,
+        "qty": 1.0,
+        "ord_type": "market",
+        "trade_id": FAKE_TRADE_ID,
+        "timestamp": timestamp,
+    }
+    text = json.dumps(_trade_frame(item), separators=(",", ":"))
+    if kind == "invalid_utf8":
+        return text.replace('"buy"', '"bu\udcff"').encode("utf-8", "surrogateescape")
+    if kind == "deeply_nested":
+        return text.replace('"buy"', "[" * 1000 + "]" * 1000).encode()
+    junk = ",".join(["{}"] * JUNK_ITEMS)
+    return f'{{"channel":"trade","type":"update","data":[{junk}]}}'.encode()

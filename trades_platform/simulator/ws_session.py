@@ -21,7 +21,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from trades_platform.simulator.core import SimulatorCore, dumps
-from trades_platform.simulator.faults import malformed_frame
+from trades_platform.simulator.faults import hostile_frame, malformed_frame
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class WsSession:
         self.trades_sent = 0
         self.trade_frames_sent = 0
         self.malformed_index = 0
+        self.hostile_index = 0
         self.stalled_once = False
         self.stall_until: float | None = None
         self.dropped = False
@@ -309,6 +310,14 @@ class WsSession:
                 await self._send(malformed_frame(self.malformed_index, symbol, now_iso))
                 self.malformed_index += 1
                 stats.malformed_frames_sent += 1
+            hostile = self.core.faults.hostile_every_frames
+            if hostile and self.trade_frames_sent % hostile == 0:
+                frame = hostile_frame(self.hostile_index, symbol, self.core.now_iso())
+                # A text frame of raw bytes: websockets sends them unchecked with text=True.
+                await self.ws.send(frame, text=True)
+                self.core.stats.frames_sent += 1
+                self.hostile_index += 1
+                stats.hostile_frames_sent += 1
         if through >= first:
             # Left-out trades are never sent later: the cursor passes them too.
             subscription.cursor = through

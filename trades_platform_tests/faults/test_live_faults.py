@@ -7,7 +7,13 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from dagster import DagsterInstance
 
+from trades_platform.kraken.websocket import (
+    MAX_REASON_CHARS,
+    REJECTION_LOG_INTERVAL_SECONDS,
+    REJECTIONS_LOGGED_PER_INTERVAL,
+)
 from trades_platform.resources import RedpandaResource
+from trades_platform.simulator.faults import JUNK_ITEMS
 from trades_platform.simulator.market import SimulatedMarket
 from trades_platform.testing import (
     SimulatorProcess,
@@ -217,4 +223,53 @@ def test_rate_limit_storm_during_a_heal(broker: str, dagster_instance: DagsterIn
     print(
         f"[faults] heal-storm: {stats['rate_limit_errors']} rate-limit answers, "
         f"{len(healed)} healed"
+    )
+
+
+def test_hostile_frames_are_dead_lettered_and_the_event_log_stays_bounded(
+    broker: str, dagster_instance: DagsterInstance
+) -> None:
+    """Invalid UTF-8 in a text frame, an item nested 1000 deep, a frame of 50,000 junk items:
+    the run survives, loses no good trade, and logs a bounded number of warnings."""
+    topic = unique_topic("faults-hostile")
+    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 400
+    with SimulatorProcess(*live_flags("--hostile-every-frames", "20")) as sim:
+        result = run_live(
+            live_kraken(sim),
+            RedpandaResource(broker_address=broker, topic=topic),
+            dagster_instance,
+            max_trades=trades,
+        )
+        ended_us = wall_us(seconds_ago=3)
+        stats = sim.stats()
+        sent = trades_sent(sim)
+    totals = run_totals(dagster_instance, result.run_id)
+    assert result.success
+    # Every kind was sent at least once, the junk frames too.
+    assert stats["hostile_frames_sent"] >= 6, stats
+    assert totals["dead_lettered"] >= JUNK_ITEMS, totals
+    records = read_topic(broker, topic, expected=trades)
+    assert len(records) == trades
+    assert_exactly_once(
+        records, label="hostile", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
+    )
+    messages = run_messages(dagster_instance, result.run_id)
+    one_by_one = [m for m in messages if m.startswith("Skipped bad Kraken input")]
+    summaries = [m for m in messages if m.startswith("Skipped ") and "without logging each" in m]
+    minutes = int(totals["seconds"] // REJECTION_LOG_INTERVAL_SECONDS) + 1
+    # Tens of thousands of rejections, a few dozen lines.
+    assert len(one_by_one) <= REJECTIONS_LOGGED_PER_INTERVAL * minutes, len(one_by_one)
+    assert 1 <= len(summaries) <= minutes, summaries
+    assert len(messages) < 1_000, len(messages)
+    reasons = " ".join(one_by_one)
+    assert "not valid UTF-8" in reasons and "[[[...]]]" in reasons, reasons[:2000]
+    dead = _read_dead_letters(broker, f"{topic}.dlq")
+    # A junk frame costs the dead-letter topic its first items and one summary, not 50,000.
+    assert len(dead) < 200 * stats["hostile_frames_sent"], len(dead)
+    assert any("more bad items in one frame" in str(value["reason"]) for value in dead)
+    assert all(len(str(value["reason"])) <= MAX_REASON_CHARS for value in dead)
+    print(
+        f"[faults] hostile: {stats['hostile_frames_sent']} hostile frames, "
+        f"{totals['dead_lettered']} rejections, {len(dead)} dead letters, "
+        f"{len(one_by_one)} + {len(summaries)} warning lines, {len(messages)} log entries"
     )

@@ -37,6 +37,7 @@ FAULTS_OFF = {
     "stall_after_trades": None,
     "stall_seconds": 5.0,
     "malformed_every_frames": None,
+    "hostile_every_frames": None,
     "rest_rate_limit_next": 0,
     "omit_every_nth_id": None,
     "omit_same_timestamp_followers": False,
