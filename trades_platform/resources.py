@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import UnionType
 from typing import TYPE_CHECKING, Any, ClassVar, Self, Union, get_args, get_origin
 
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import Field, SecretStr
 
 from trades_platform.kraken.rest import KrakenRestClient, RestSettings
@@ -47,9 +47,23 @@ else:
 
 
 class _MirroredResource(_ResourceBase):
-    """A resource whose fields mirror one settings group, field for field."""
+    """A resource whose fields mirror one settings group, field for field.
+
+    What picks where data comes from or goes to, and credentials (`environment_only`), is set by
+    the code location's environment or by code, never by a run's config: anyone who can open
+    the Launchpad could otherwise send the SASL password to a broker of their choosing. Nor
+    may a run's config read the environment (`{env: NAME}`): the op logs its settings, so that
+    would print any variable of the code server.
+    """
 
     settings_model: ClassVar[type[SettingsGroup]]
+    environment_only: ClassVar[frozenset[str]] = frozenset()
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Refuse a run whose config sets an environment-only field or reads the environment."""
+        run = context.dagster_run
+        if run is not None:
+            refuse_unsafe_run_config(run.run_config, self.settings_model, self.environment_only)
 
     @classmethod
     def from_environment(cls) -> Self:
@@ -82,6 +96,36 @@ class _MirroredResource(_ResourceBase):
         )
 
 
+def refuse_unsafe_run_config(
+    run_config: Mapping[str, Any], model: type[SettingsGroup], environment_only: frozenset[str]
+) -> None:
+    """Raise SettingsError if any resource's run config sets one of `environment_only` or
+    reads the environment anywhere."""
+    resources = run_config.get("resources")
+    for key, entry in (resources if isinstance(resources, Mapping) else {}).items():
+        config = entry.get("config") if isinstance(entry, Mapping) else None
+        for name, value in (config if isinstance(config, Mapping) else {}).items():
+            where = f"resources.{key}.config.{name}"
+            if name in environment_only:
+                raise SettingsError(
+                    f"{where}: set only by the environment ({model.variable(name)}) of the code "
+                    "location, never by a run's config"
+                )
+            if _reads_environment(value):
+                raise SettingsError(
+                    f"{where}: a run's config may not read the environment ({{env: ...}}); "
+                    "give the value itself, or set the variable where the code location runs"
+                )
+
+
+def _reads_environment(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return "env" in value or any(_reads_environment(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_reads_environment(item) for item in value)
+    return False
+
+
 def _plain_type(annotation: Any) -> Any:
     """`str` for `str` and `str | None`, `int` for `int`, `list[str]` for itself."""
     if get_origin(annotation) not in (Union, UnionType):
@@ -94,6 +138,7 @@ class KrakenResource(_MirroredResource):
     """Kraken's public market data: WebSocket v2 for live trades, REST for history."""
 
     settings_model: ClassVar[type[SettingsGroup]] = KrakenSettings
+    environment_only: ClassVar[frozenset[str]] = frozenset({"ws_url", "rest_url"})
 
     ws_url: str = _mirror(KrakenSettings, "ws_url")
     rest_url: str = _mirror(KrakenSettings, "rest_url")
@@ -171,6 +216,16 @@ class RedpandaResource(_MirroredResource):
     """The Kafka-protocol broker (Redpanda in production) and the `trades` topic on it."""
 
     settings_model: ClassVar[type[SettingsGroup]] = KafkaSettings
+    environment_only: ClassVar[frozenset[str]] = frozenset(
+        {
+            "broker_address",
+            "security_protocol",
+            "sasl_mechanism",
+            "sasl_username",
+            "sasl_password",
+            "ssl_ca_location",
+        }
+    )
 
     broker_address: str = _mirror(KafkaSettings, "broker_address")
     topic: str = _mirror(KafkaSettings, "topic")
