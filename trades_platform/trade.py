@@ -22,6 +22,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CACHE_SIZE = 4096
 _SECOND_TEXT: dict[int, str] = {}
 _SECOND_US: dict[str, int] = {}
+# Clocks of different hosts (Kraken's, the writers', the readers') agree within this
+# (ARCHITECTURE.md, assumption 2): claims, leases and trade times are judged with this margin.
+CLOCK_MARGIN_MS = 10 * 60 * 1000
 # Kraken's trade ids count up from 1 per pair (about 5e9 in 2026). One at or past 2**53 (the
 # largest integer JSON readers keep exactly) is no Kraken id, and as a resume point it would make
 # every later trade look like a repeat.

@@ -31,11 +31,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from trades_platform.settings import KafkaSettings
 from trades_platform.topic_reader import read_to_end
 from trades_platform.topics import COVERAGE_TOPIC_CONFIG, coverage_topic
+from trades_platform.trade import CLOCK_MARGIN_MS
 
 logger = logging.getLogger(__name__)
 
-# Clocks of different hosts agree within this (ARCHITECTURE.md, assumption 2).
-CLOCK_MARGIN_MS = 10 * 60 * 1000
 # How often a waiter reads the coverage log again.
 POLL_SECONDS = 1.0
 

@@ -9,11 +9,15 @@ from dataclasses import dataclass, field
 import orjson
 from confluent_kafka import Consumer
 
-from trades_platform.coverage.coverage_log import CLOCK_MARGIN_MS
 from trades_platform.coverage.id_ranges import IdRanges
 from trades_platform.settings import KafkaSettings
 from trades_platform.topic_reader import read_to_end, topic_partitions
-from trades_platform.trade import implausible_reason, message_key_for, parse_time_iso
+from trades_platform.trade import (
+    CLOCK_MARGIN_MS,
+    implausible_reason,
+    message_key_for,
+    parse_time_iso,
+)
 
 # Records of a pair that are not plausible trades are all counted; this many are kept to report.
 MAX_REJECTED_SAMPLES = 10

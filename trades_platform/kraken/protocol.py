@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import reprlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,12 +18,16 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from trades_platform.trade import (
+    CLOCK_MARGIN_MS,
+    EARLIEST_TRADE_MS,
+    MAX_TRADE_ID,
     PAIR_PATTERN,
     OrderType,
     Side,
     Source,
     Trade,
     canonical_time_us,
+    implausible_reason,
     parse_time_iso,
     seconds_to_time_us,
 )
@@ -219,6 +224,14 @@ _INF = math.inf
 _MAX_FAST_INT = 2**63
 
 
+_EARLIEST_TRADE_US = EARLIEST_TRADE_MS * 1000
+
+
+def _latest_trade_us() -> int:
+    """The latest time a trade arriving now may carry: now plus the clocks' margin."""
+    return time.time_ns() // 1000 + CLOCK_MARGIN_MS * 1000
+
+
 def _well_formed_trade(
     item: dict[str, Any], source: Source, received_ms: int | None
 ) -> Trade | None:
@@ -265,12 +278,12 @@ def _well_formed_trade(
         trade_side is None
         or trade_ord_type is None
         or type(trade_id) is not int
-        or trade_id <= 0
+        or not 0 < trade_id <= MAX_TRADE_ID
         or type(timestamp) is not str
     ):
         return None
     time_us = canonical_time_us(timestamp)
-    if time_us is None:
+    if time_us is None or not _EARLIEST_TRADE_US <= time_us <= _latest_trade_us():
         return None
     return Trade.from_parts(
         pair=symbol,
@@ -298,6 +311,11 @@ def _validated_trade(item: Any, source: Source, received_ms: int | None) -> Trad
         return _short_validation_reason(error)
     except (TypeError, ValueError, OverflowError) as error:
         return f"invalid trade: {error}"
+    # Well-formed is not enough: an id past MAX_TRADE_ID or a time no trade can have would
+    # become the writer's resume point (every later trade a "repeat") or a wrong candle.
+    implausible = implausible_reason(checked.trade_id, time_us // 1000, _latest_trade_us() // 1000)
+    if implausible is not None:
+        return f"implausible trade: {implausible}"
     return Trade.from_parts(
         pair=checked.symbol,
         price=price,
@@ -384,6 +402,9 @@ def parse_rest_row(row: Any) -> RestTradeRow | str:
         return f"trade id {short_repr(trade_id)} is not a positive integer"
     if type(time_s) not in (int, float) or not 0 < time_s < _INF:
         return f"time {short_repr(time_s)} is not a positive number"
+    reason = implausible_reason(trade_id, int(time_s * 1000), _latest_trade_us() // 1000)
+    if reason is not None:
+        return f"implausible trade: {reason}"
     try:
         price, volume = float(price_text), float(volume_text)
     except ValueError:

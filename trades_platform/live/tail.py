@@ -29,10 +29,10 @@ from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.kraken.websocket import TradeGap
 from trades_platform.live.healer import GapHealer, GaveUp, Healed
 from trades_platform.settings import KafkaSettings
-from trades_platform.trade import Trade
+from trades_platform.trade import CLOCK_MARGIN_MS, Trade
 
 # Clocks differ: near midnight, act as if the day had already turned.
-_CLOCK_SKEW_US = 10 * 60 * 1_000_000
+_CLOCK_SKEW_US = CLOCK_MARGIN_MS * 1000
 _DAY_US = 86_400 * 1_000_000
 
 

@@ -12,10 +12,9 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from trades_platform.coverage.coverage_log import CLOCK_MARGIN_MS
 from trades_platform.id_counts import IdCount, count_ids
 from trades_platform.settings import KafkaSettings
-from trades_platform.trade import implausible_reason
+from trades_platform.trade import CLOCK_MARGIN_MS, implausible_reason
 
 
 @dataclass(frozen=True)

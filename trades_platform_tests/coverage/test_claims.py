@@ -20,11 +20,12 @@ from trades_platform.coverage.claims import (
     TailClaimHolder,
     claim_lease_seconds,
 )
-from trades_platform.coverage.coverage_log import CLOCK_MARGIN_MS, HeartbeatWatch
+from trades_platform.coverage.coverage_log import HeartbeatWatch
 from trades_platform.live.tail import backfill_may_reach
 from trades_platform.processes import stop_process
 from trades_platform.settings import KafkaSettings
 from trades_platform.testing import unique_topic
+from trades_platform.trade import CLOCK_MARGIN_MS
 
 DAY_US = 86_400_000_000
 

@@ -16,7 +16,6 @@ from confluent_kafka import Producer
 from trades_platform.coverage import window_leases
 from trades_platform.coverage.claims import ClaimBoard, TailClaimHolder
 from trades_platform.coverage.coverage_log import (
-    CLOCK_MARGIN_MS,
     publish_and_wait,
 )
 from trades_platform.coverage.window_leases import WindowLease, WindowLeaseHolder
@@ -24,6 +23,7 @@ from trades_platform.processes import stop_process
 from trades_platform.settings import KafkaSettings
 from trades_platform.testing import unique_topic
 from trades_platform.topics import coverage_topic
+from trades_platform.trade import CLOCK_MARGIN_MS
 
 DAY_US = 86_400_000_000
 DAY_2 = (19_800 * DAY_US, 19_801 * DAY_US)

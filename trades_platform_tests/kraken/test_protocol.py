@@ -1,6 +1,7 @@
 """Parsing Kraken's wire formats, on real frames and REST responses captured from Kraken."""
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,44 @@ def test_documentation_rest_example_keeps_seven_digit_times_in_order() -> None:
 )
 def test_bad_rest_rows_are_rejected_with_a_reason(row: list[object]) -> None:
     assert isinstance(parse_rest_row(row), str)
+
+
+def _in_a_day() -> str:
+    return (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"trade_id": 2**60}, "out of range"),
+        ({"timestamp": "0001-01-01T00:00:00.000000Z"}, "before 2013 or in the future"),
+        ({"timestamp": "future"}, "before 2013 or in the future"),
+    ],
+    ids=["id-past-2**53", "year-1", "a-day-ahead"],
+)
+def test_implausible_trades_are_rejected_on_the_websocket_path(
+    change: dict[str, object], reason: str
+) -> None:
+    if change.get("timestamp") == "future":
+        change = {"timestamp": _in_a_day()}
+    frame = {"channel": "trade", "type": "update", "data": [GOOD, {**GOOD, **change}]}
+    message = parse_frame(json.dumps(frame))
+    assert isinstance(message, TradesMessage)
+    assert [trade.trade_id for trade in message.trades] == [GOOD["trade_id"]]
+    (rejected,) = message.rejected
+    assert rejected.reason.startswith("implausible trade") and reason in rejected.reason
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (["1.0", "1.0", 1704153600.5, "b", "l", "", 2**60], "out of range"),
+        (["1.0", "1.0", 1.5, "b", "l", "", 7], "before 2013"),
+        (["1.0", "1.0", 4102444800.0, "b", "l", "", 7], "in the future"),
+    ],
+    ids=["id-past-2**53", "1970", "year-2100"],
+)
+def test_implausible_trades_are_rejected_on_the_rest_path(row: list[object], reason: str) -> None:
+    verdict = parse_rest_row(row)
+    assert isinstance(verdict, str) and verdict.startswith("implausible trade"), verdict
+    assert reason in verdict
