@@ -241,6 +241,12 @@ class BackfillSettings(SettingsGroup):
     start_date: date = Field(
         default=date(2024, 1, 1), description="First day partition of kraken_trades_history"
     )
+    max_runtime_seconds: int = Field(
+        default=7200,
+        ge=1,
+        description="A backfill run still going after this long fails (re-running it writes only "
+        "what is missing); also its dagster/max_runtime tag",
+    )
 
 
 def from_environment(model: type[M]) -> M:

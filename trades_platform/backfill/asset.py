@@ -25,7 +25,7 @@ from trades_platform.kraken.protocol import RestTradeRow
 from trades_platform.kraken.rest import KrakenRestClient
 from trades_platform.producer import TradeProducer
 from trades_platform.resources import KrakenResource, RedpandaResource
-from trades_platform.settings import KafkaSettings
+from trades_platform.settings import BackfillSettings, KafkaSettings, from_environment
 from trades_platform.trade import format_time_us
 
 # Log progress every this many pages: about every 10 s at Kraken's 1 call/s.
@@ -127,6 +127,10 @@ class BackfillSummary:
         return metadata
 
 
+class BackfillTooLongError(RuntimeError):
+    """A backfill ran past its bound (BACKFILL_MAX_RUNTIME_SECONDS) and stopped."""
+
+
 class WindowBackfill:
     """One partition's run: REST pages of the window, written under its lease, around live claims.
 
@@ -150,6 +154,7 @@ class WindowBackfill:
         self.summary = summary
         self.settings = settings
         self._log = context.log
+        self.max_runtime_seconds = from_environment(BackfillSettings).max_runtime_seconds
         self._board = ClaimBoard(settings, owner=context.run_id)
         # Claims already over when this run first read the topic: their writes are in that read.
         self._over_before_scan: set[str] = set()
@@ -179,6 +184,7 @@ class WindowBackfill:
             ):
                 writer = DeduplicatingWriter(producer, {pair: present})
                 for page in client.window_pages(pair, self.window.start_us, self.window.end_us):
+                    self._check_runtime()
                     if page.rows:
                         self._write(writer, page.rows, page.received_ms)
                         self.summary.add(page.rows)
@@ -191,6 +197,17 @@ class WindowBackfill:
                 return self.summary.metadata(self.window, client, redpanda.topic)
         finally:
             self._board.close()
+
+    def _check_runtime(self) -> None:
+        """Fail once the run took longer than BACKFILL_MAX_RUNTIME_SECONDS (one REST slot)."""
+        elapsed = time.monotonic() - self.summary.started_at
+        if elapsed > self.max_runtime_seconds:
+            raise BackfillTooLongError(
+                f"{self.window.describe()}: still paging after {elapsed:.0f}s, past "
+                f"BACKFILL_MAX_RUNTIME_SECONDS={self.max_runtime_seconds}; it holds the one "
+                "Kraken REST slot (pool kraken_rest). Re-run the partition: only missing ids "
+                "are written"
+            )
 
     def _write(
         self, writer: DeduplicatingWriter, rows: list[RestTradeRow], received_ms: int

@@ -11,6 +11,7 @@ from dagster import (
 
 from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS
+from trades_platform.settings import BackfillSettings, from_environment
 
 # Every backfill run carries this tag: dagster.yaml can limit how many share Kraken's REST limit.
 KRAKEN_REST_TAG = "trades_platform/kraken-rest"
@@ -21,7 +22,12 @@ backfill_trades_job = define_asset_job(
     selection=AssetSelection.assets(kraken_trades_history),
     partitions_def=TRADES_HISTORY_PARTITIONS,
     description="Kraken REST trades of one UTC day x pair -> the trades topic, then checks.",
-    tags={KRAKEN_REST_TAG: "backfill"},
+    tags={
+        KRAKEN_REST_TAG: "backfill",
+        # Run monitoring (dagster.yaml) fails a run past this even if it is stuck in a call;
+        # the asset checks the same bound before every page.
+        "dagster/max_runtime": str(from_environment(BackfillSettings).max_runtime_seconds),
+    },
     # One process per run: the checks read back right after the asset, without a process start.
     executor_def=in_process_executor,
 )

@@ -228,3 +228,23 @@ def test_the_job_runs_the_asset_and_its_checks_for_one_partition(
         IDS_CHECK: True,
         RECORDS_CHECK: True,
     }
+
+
+def test_a_backfill_past_its_runtime_bound_fails_and_says_how_to_recover(
+    broker: str, simulator: SimulatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two calls a second for a ten-page day: about 5 s of paging, past a 2 s bound.
+    monkeypatch.setenv("BACKFILL_MAX_RUNTIME_SECONDS", "2")
+    resources = backfill_resources(broker, simulator, unique_topic(), rest_requests_per_second=2.0)
+    with instance_for_test() as instance:
+        result = _run(MIDNIGHT_KEY, resources, instance, raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("kraken_trades_history")
+    assert failure is not None and failure.error is not None
+    error = failure.error.to_string()
+    assert "BackfillTooLongError" in error and "BACKFILL_MAX_RUNTIME_SECONDS=2" in error, error
+    assert "Re-run the partition" in error
+
+
+def test_the_backfill_job_carries_its_runtime_bound_for_run_monitoring() -> None:
+    assert backfill_trades_job.tags["dagster/max_runtime"] == "7200"
