@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from trades_platform.id_counts import IdCount, count_ids
 from trades_platform.settings import KafkaSettings
+from trades_platform.topic_reader import topic_partitions
 from trades_platform.trade import CLOCK_MARGIN_MS, implausible_reason
 
 
@@ -52,11 +52,15 @@ def read_topic(
     topic that is still being written to cannot keep it reading forever.
     """
     settings = KafkaSettings(broker_address=broker, topic=topic)
-    admin = AdminClient(settings.client_config())
-    metadata = admin.list_topics(topic, timeout=10).topics[topic]
     # The platform's own reader settings; the end is told by quiet, not by end-of-partition events.
     consumer = Consumer({**settings.consumer_config(), "enable.partition.eof": False})
-    consumer.assign([TopicPartition(topic, partition, 0) for partition in metadata.partitions])
+    # Asked through the consumer, which never creates a missing topic (an admin client's metadata
+    # request may, with the broker's default configuration, which the writers then refuse).
+    partitions = topic_partitions(consumer, topic)
+    if partitions is None:
+        consumer.close()
+        return []
+    consumer.assign([TopicPartition(topic, partition, 0) for partition in partitions])
     records: list[TopicRecord] = []
     started_at = last_message_at = time.monotonic()
     expected_reached_at: float | None = None

@@ -117,7 +117,9 @@ def test_every_seventh_id_left_out_is_healed_in_order(
     totals = run_totals(dagster_instance, result.run_id)
     assert result.success
     assert stats["trades_left_out_total"] > 50, stats
-    assert totals["left_out"] >= stats["trades_left_out_total"] - 10, totals
+    # The run counted what the simulator left out of the frames it read; the simulator went on
+    # leaving trades out of frames sent after the run stopped reading, so it counts more.
+    assert 50 < totals["left_out"] <= stats["trades_left_out_total"], (totals, stats)
     assert totals["healed"] > 50, totals
     assert totals["out_of_order"] == 0, totals
     assert totals["rest_calls"] <= seconds + 1, totals
