@@ -150,15 +150,7 @@ def _seconds(name: str, value: Any) -> float:
 def malformed_frame(kind_index: int, symbol: str, timestamp: str) -> str:
     """Return the text of malformed frame number kind_index (cycling through MALFORMED_KINDS)."""
     kind = MALFORMED_KINDS[kind_index % len(MALFORMED_KINDS)]
-    item: dict[str, Any] = {
-        "symbol": symbol,
-        "side": "buy",
-        "price": 1.0,
-        "qty": 1.0,
-        "ord_type": "market",
-        "trade_id": FAKE_TRADE_ID,
-        "timestamp": timestamp,
-    }
+    item = _fake_item(symbol, timestamp)
     if kind == "invalid_json":
         good = json.dumps(_trade_frame(item), separators=(",", ":"))
         return good[: len(good) // 2]  # cut mid-object
@@ -185,14 +177,9 @@ def malformed_frame(kind_index: int, symbol: str, timestamp: str) -> str:
     return json.dumps(_trade_frame(item), separators=(",", ":"))
 
 
-def _trade_frame(item: dict[str, Any]) -> dict[str, Any]:
-    return {"channel": "trade", "type": "update", "data": [item]}
-
-
-def hostile_frame(kind_index: int, symbol: str, timestamp: str) -> bytes:
-    """The bytes of hostile frame number kind_index (HOSTILE_KINDS in turn), sent as text."""
-    kind = HOSTILE_KINDS[kind_index % len(HOSTILE_KINDS)]
-    item: dict[str, Any] = {
+def _fake_item(symbol: str, timestamp: str) -> dict[str, Any]:
+    """A valid-looking trade item with an id no real trade has, for faults to spoil."""
+    return {
         "symbol": symbol,
         "side": "buy",
         "price": 1.0,
@@ -201,6 +188,16 @@ def hostile_frame(kind_index: int, symbol: str, timestamp: str) -> bytes:
         "trade_id": FAKE_TRADE_ID,
         "timestamp": timestamp,
     }
+
+
+def _trade_frame(item: dict[str, Any]) -> dict[str, Any]:
+    return {"channel": "trade", "type": "update", "data": [item]}
+
+
+def hostile_frame(kind_index: int, symbol: str, timestamp: str) -> bytes:
+    """The bytes of hostile frame number kind_index (HOSTILE_KINDS in turn), sent as text."""
+    kind = HOSTILE_KINDS[kind_index % len(HOSTILE_KINDS)]
+    item = _fake_item(symbol, timestamp)
     text = json.dumps(_trade_frame(item), separators=(",", ":"))
     if kind == "invalid_utf8":
         return text.replace('"buy"', '"bu\udcff"').encode("utf-8", "surrogateescape")
