@@ -4,12 +4,22 @@
 `pair` whose time is in [start_us, end_us), in trade-id order, each once (the backfill);
 `trades_since(pair, since_time_us)` one page from a time on (the live run's heals by id). Rows are
 parsed by `kraken.protocol.parse_rest_row`, the one REST row parser.
+
+What the network sends is bounded (a hostile or broken server, or a proxy, must not hang or
+exhaust a run): redirects are refused, not followed; an answer's body is read up to
+`MAX_ANSWER_BYTES` decoded bytes and cut off `timeout_seconds` after the call began; a
+`Retry-After` is honoured up to `backoff_max_seconds`; and a window fails after
+`MAX_PAGES_WITHOUT_PROGRESS` full pages in a row with no new trade id, or after
+`MAX_PAGES_PER_WINDOW` pages.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,8 +40,22 @@ MAX_PAGE_SIZE = KRAKEN_MAX_PAGE_SIZE
 _RATE_LIMIT_ERRORS = ("EAPI:Rate limit exceeded", "EGeneral:Too many requests")
 _UNAVAILABLE_ERRORS = ("EService:Unavailable", "EService:Busy")
 _UNKNOWN_PAIR_ERROR = "EQuery:Unknown asset pair"
+# Kraken's fullest answer, a 1000-trade Trades page, is about 100 kB: 8 MiB is 80 times that, and
+# stops a gzip bomb (a small compressed body that inflates to gigabytes) after 8 MiB of memory.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+_READ_CHUNK_BYTES = 64 * 1024  # decoded bytes per read: the cap is overshot by at most this
+# 20,000 pages of 1000 (the default page size) are 20 million trades in one window, a day: 230
+# trades a second all day long, far beyond any Kraken pair. A run still paging then is fed by a
+# server that never ends the window, and fails instead of paging for ever.
+MAX_PAGES_PER_WINDOW = 20_000
+# Full pages in a row that bring no trade id not seen before: a server that moves `last` on by a
+# nanosecond while repeating its rows would otherwise keep a window paging for ever.
+MAX_PAGES_WITHOUT_PROGRESS = 3
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
+    "MAX_PAGES_PER_WINDOW",
+    "MAX_PAGES_WITHOUT_PROGRESS",
     "MAX_PAGE_SIZE",
     "KrakenRestClient",
     "KrakenRestError",
@@ -63,12 +87,15 @@ class RestSettings:
     url: str = default_of(KrakenSettings, "rest_url")
     # Kraken's public limit is about one call per second per IP (and, for Trades, per pair).
     requests_per_second: float = default_of(KrakenSettings, "rest_requests_per_second")
+    # Bounds connecting and each socket read; and the whole call: a body still arriving this long
+    # after the request went out is cut off (see _Deadline).
     timeout_seconds: float = default_of(KrakenSettings, "rest_timeout_seconds")
     # Network errors, HTTP 5xx and EService errors, per request.
     max_retries: int = default_of(KrakenSettings, "rest_max_retries")
     # Rate-limit answers, per request: they only slow a run down, so allow many more.
     max_rate_limit_retries: int = default_of(KrakenSettings, "rest_max_rate_limit_retries")
     backoff_initial_seconds: float = default_of(KrakenSettings, "rest_backoff_initial_seconds")
+    # Also the longest `Retry-After` honoured.
     backoff_max_seconds: float = default_of(KrakenSettings, "rest_backoff_max_seconds")
     page_size: int = default_of(KrakenSettings, "rest_page_size")
 
@@ -267,6 +294,9 @@ class KrakenRestClient:
         """Every row of `pair` with time in [start_us, end_us), page by page (exact times).
 
         Each page holds only the window's rows not on an earlier page, sorted by id.
+        `PaginationError` if paging cannot advance without skipping trades, makes no progress
+        for `MAX_PAGES_WITHOUT_PROGRESS` full pages in a row, or needs more than
+        `MAX_PAGES_PER_WINDOW` pages.
         """
         if type(start_us) is not int or type(end_us) is not int or end_us <= start_us:
             raise ValueError(f"bad window [{start_us!r}, {end_us!r})")
@@ -281,11 +311,30 @@ class KrakenRestClient:
         # 1 ns early, so that a trade at exactly start_us comes even if `since` is exclusive.
         since_ns = max(0, start_us * 1000 - 1)
         seen: set[int] = set()
+        pages = pages_without_progress = 0
         while True:
+            if pages >= MAX_PAGES_PER_WINDOW:
+                raise PaginationError(
+                    f"Trades {pair}: window [{format_time_us(start_us)}, {format_time_us(end_us)})"
+                    f" still not complete after {pages} pages (MAX_PAGES_PER_WINDOW), at "
+                    f"since={since_ns}; no Kraken pair has that many trades in a window"
+                )
             page = self.trades_page(rest_pair, since_ns)
+            pages += 1
             fresh = [row for row in page.rows if row.trade_id not in seen]
             self.stats.duplicates_skipped += len(page.rows) - len(fresh)
             seen.update(row.trade_id for row in fresh)
+            if fresh or page.raw_count < self.settings.page_size:
+                pages_without_progress = 0
+            else:
+                pages_without_progress += 1
+                if pages_without_progress >= MAX_PAGES_WITHOUT_PROGRESS:
+                    raise PaginationError(
+                        f"Trades {pair}: {pages_without_progress} full pages in a row, up to "
+                        f"since={since_ns}, brought no trade id not seen before "
+                        f"(MAX_PAGES_WITHOUT_PROGRESS={MAX_PAGES_WITHOUT_PROGRESS}): the server "
+                        "moves `last` on without new trades"
+                    )
             in_window = sorted(
                 (row for row in fresh if start_us <= row.time_us < end_us),
                 key=lambda row: row.trade_id,
@@ -364,13 +413,39 @@ class KrakenRestClient:
             self._pacer.done()
 
     def _attempt(self, url: str, endpoint: str, params: dict[str, str]) -> Any:
+        deadline = _Deadline(self.settings.timeout_seconds)
         try:
-            response = self._session.get(url, params=params, timeout=self.settings.timeout_seconds)
-        except (requests.ConnectionError, requests.Timeout) as error:
-            raise _Retry(f"{type(error).__name__}: {error}", rate_limited=False) from None
-        status = response.status_code
+            try:
+                response = self._session.get(
+                    url,
+                    params=params,
+                    timeout=self.settings.timeout_seconds,
+                    # A redirect could lead anywhere, https to plain http included: refuse it.
+                    allow_redirects=False,
+                    # Read the body here, bounded in size and time, not all at once in `get`.
+                    stream=True,
+                )
+            except (requests.ConnectionError, requests.Timeout) as error:
+                raise _Retry(f"{type(error).__name__}: {error}", rate_limited=False) from None
+            with response:
+                try:
+                    deadline.watch(response)
+                    status = response.status_code
+                    if 300 <= status < 400:
+                        location = response.headers.get("Location")
+                        raise KrakenRestError(
+                            f"{endpoint} {params}: HTTP {status} redirect to "
+                            f"{_shortened(location)} refused; redirects are never followed "
+                            "(check the REST URL)"
+                        )
+                    content = _read_bounded(response, deadline)
+                finally:
+                    # Before the response closes: its socket must not be cut once released.
+                    deadline.cancel()
+        finally:
+            deadline.cancel()  # when `get` failed
         try:
-            body = orjson.loads(response.content)
+            body = orjson.loads(content)
         except orjson.JSONDecodeError:
             body = None
         errors = body.get("error") if isinstance(body, dict) else None
@@ -379,7 +454,7 @@ class KrakenRestClient:
             raise _Retry(
                 f"rate limited (HTTP {status}, {messages})",
                 rate_limited=True,
-                retry_after=_retry_after(response),
+                retry_after=_retry_after(response, self.settings.backoff_max_seconds),
             )
         if status >= 500 or any(m.startswith(_UNAVAILABLE_ERRORS) for m in messages):
             raise _Retry(f"unavailable (HTTP {status}, {messages})", rate_limited=False)
@@ -414,9 +489,130 @@ def _parse_last(value: Any) -> int | None:
     return None
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: requests.Response, limit_seconds: float) -> float | None:
+    """The `Retry-After` seconds, at most `limit_seconds`; None if absent or not a number.
+
+    Capped at the longest back-off: with many rate-limit retries allowed, a server asking for
+    hours each time would otherwise hold a run for days.
+    """
     value = response.headers.get("Retry-After")
     try:
-        return min(float(value), 300.0) if value is not None else None
+        seconds = float(value) if value is not None else math.nan
     except ValueError:
         return None
+    # NaN, negative and the HTTP-date form are not waits to honour.
+    return min(seconds, limit_seconds) if seconds >= 0 else None
+
+
+def _shortened(text: str | None, limit: int = 200) -> str:
+    """`text` quoted for an error message, cut to `limit` characters (it came off the network)."""
+    return repr(text) if text is None or len(text) <= limit else repr(text[:limit]) + "..."
+
+
+class _Deadline:
+    """The end of one call's time: once it passes, the answer still arriving is cut off.
+
+    `timeout_seconds` in `requests` bounds each socket read, so a body trickled a byte at a
+    time would never time out. A timer shuts the answer's socket down at the deadline: a read
+    blocked on it returns at once, and the attempt fails. Until the head has arrived there is
+    no answer to cut (`requests` does not expose the socket): the head is bounded by the
+    per-read timeout only, and a deadline passed meanwhile fails the attempt once it arrives.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._response: requests.Response | None = None
+        self._passed = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True  # never keeps the interpreter alive
+        self._timer.start()
+
+    @property
+    def passed(self) -> bool:
+        """Whether the deadline passed before `cancel`."""
+        with self._lock:
+            return self._passed
+
+    def retry(self) -> _Retry:
+        """The failure of an attempt whose deadline passed."""
+        return _Retry(
+            f"no complete answer within {self.seconds:g}s (timeout_seconds, the deadline of "
+            "the whole call); cut off",
+            rate_limited=False,
+        )
+
+    def watch(self, response: requests.Response) -> None:
+        """Cut `response` off at the deadline (at once if it has passed)."""
+        with self._lock:
+            self._response = response
+            if self._passed:
+                _cut(response)
+
+    def cancel(self) -> None:
+        """The call is over: stop the timer, and never touch its connection again (idempotent)."""
+        self._timer.cancel()
+        with self._lock:
+            # Under the lock: once this returns, the timer thread cannot reach a connection
+            # that may be back in the pool serving the next call.
+            self._response = None
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._passed = True
+            if self._response is not None:
+                _cut(self._response)
+
+
+def _cut(response: requests.Response) -> None:
+    """Shut the socket of an answer being read down, from another thread.
+
+    A shutdown, not a close: it wakes a read blocked on the socket (which then fails) and is
+    safe while that read runs, whereas closing the response under it is not. The socket is
+    found by its file descriptor: after `Connection: close` only the body's file still holds it.
+    An answer read in full has no file any more: nothing to cut.
+    """
+    try:
+        fd = response.raw.fileno()
+    except (OSError, AttributeError, ValueError):  # no file, or a closed one
+        return
+    try:
+        # A second socket object on the same descriptor, at the TCP level also for TLS; detached
+        # afterwards, so that it never closes the descriptor itself.
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already shut down or reset: the read fails anyway
+    finally:
+        sock.detach()
+
+
+def _read_bounded(response: requests.Response, deadline: _Deadline) -> bytes:
+    """The decoded body of `response`: at most MAX_ANSWER_BYTES, before `deadline`; or _Retry."""
+    if deadline.passed:
+        raise deadline.retry()
+    body = bytearray()
+    try:
+        # iter_content decodes gzip and deflate; urllib3 (>= 2.6) inflates at most a chunk's
+        # worth at a time, so counting decoded chunks bounds memory too.
+        for chunk in response.iter_content(_READ_CHUNK_BYTES):
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                raise _Retry(
+                    f"answer larger than {MAX_ANSWER_BYTES} bytes (MAX_ANSWER_BYTES) once "
+                    "decoded; not read further",
+                    rate_limited=False,
+                )
+    except (requests.RequestException, OSError) as error:
+        if deadline.passed:
+            raise deadline.retry() from None
+        raise _Retry(
+            f"reading the answer: {type(error).__name__}: {error}", rate_limited=False
+        ) from None
+    # A cut socket may also read as a short body: whatever arrived, it came too late.
+    if deadline.passed:
+        raise deadline.retry()
+    return bytes(body)

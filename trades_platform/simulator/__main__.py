@@ -180,6 +180,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="hold every Trades answer S seconds before sending it (default: %(default)s)",
     )
+    faults.add_argument(
+        "--rest-redirect-to",
+        metavar="URL",
+        help="answer every Trades request with HTTP 302 to URL (an http:// or https:// URL, "
+        "e.g. a plain-http copy of the REST URL): a client must refuse, not follow it",
+    )
+    faults.add_argument(
+        "--rest-gzip-bomb",
+        action="store_true",
+        help="answer every Trades request with a ~50 kB body, Content-Encoding: gzip, that "
+        "inflates to ~50 MB of valid JSON (an empty page padded with whitespace)",
+    )
+    faults.add_argument(
+        "--rest-trickle-bytes-per-second",
+        type=_non_negative_float,
+        default=defaults.faults.rest_trickle_bytes_per_second,
+        metavar="N",
+        help="send every Trades answer's head at once and its body N bytes per second, so "
+        "each read gets data and no read timeout fires; 0 = all at once (default: %(default)s)",
+    )
+    faults.add_argument(
+        "--rest-stuck-pages",
+        action="store_true",
+        help="answer every Trades request with its rows but a `last` 2 ns past `since`: a "
+        "client paging on `last` moves on a nanosecond a call and gets the same full page",
+    )
     add(
         "--log-level",
         default="INFO",
@@ -207,6 +233,10 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
             "omit_same_timestamp_followers": args.omit_same_timestamp_followers,
             "rest_unavailable": args.rest_unavailable,
             "rest_delay_seconds": args.rest_delay_seconds,
+            "rest_redirect_to": args.rest_redirect_to,
+            "rest_gzip_bomb": args.rest_gzip_bomb,
+            "rest_trickle_bytes_per_second": args.rest_trickle_bytes_per_second,
+            "rest_stuck_pages": args.rest_stuck_pages,
         }
     )
     return SimulatorConfig(

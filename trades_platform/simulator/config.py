@@ -82,6 +82,11 @@ class Stats:
     rest_trades_sent: Counter[str] = field(default_factory=Counter)
     rate_limit_errors: int = 0
     rest_unavailable_answers: int = 0
+    # Trades answers spoiled by the hostile REST faults, one counter per fault.
+    rest_redirect_answers: int = 0
+    rest_gzip_bomb_answers: int = 0
+    rest_trickled_answers: int = 0
+    rest_stuck_page_answers: int = 0
     drops: int = 0
     stalls: int = 0
 
@@ -103,6 +108,10 @@ class Stats:
             "rest_trades_sent": dict(sorted(self.rest_trades_sent.items())),
             "rate_limit_errors": self.rate_limit_errors,
             "rest_unavailable_answers": self.rest_unavailable_answers,
+            "rest_redirect_answers": self.rest_redirect_answers,
+            "rest_gzip_bomb_answers": self.rest_gzip_bomb_answers,
+            "rest_trickled_answers": self.rest_trickled_answers,
+            "rest_stuck_page_answers": self.rest_stuck_page_answers,
             "drops": self.drops,
             "stalls": self.stalls,
         }

@@ -67,6 +67,14 @@ class FaultSwitches:
     rest_unavailable: bool = False
     # Hold every /0/public/Trades answer this long before sending it.
     rest_delay_seconds: float = 0.0
+    # Answer every /0/public/Trades request with HTTP 302 to this URL (None: off).
+    rest_redirect_to: str | None = None
+    # Answer every /0/public/Trades request with a small gzip body that inflates to ~50 MB.
+    rest_gzip_bomb: bool = False
+    # Send every /0/public/Trades answer's body this many bytes per second (0: all at once).
+    rest_trickle_bytes_per_second: float = 0.0
+    # Answer every /0/public/Trades request with its rows but a `last` 2 ns past `since`.
+    rest_stuck_pages: bool = False
     # Which RATE_LIMIT_ANSWERS entry the next forced rate-limit error uses.
     rate_limit_cycle: int = dataclasses.field(default=0, repr=False)
 
@@ -83,6 +91,10 @@ class FaultSwitches:
             "omit_same_timestamp_followers": self.omit_same_timestamp_followers,
             "rest_unavailable": self.rest_unavailable,
             "rest_delay_seconds": self.rest_delay_seconds,
+            "rest_redirect_to": self.rest_redirect_to,
+            "rest_gzip_bomb": self.rest_gzip_bomb,
+            "rest_trickle_bytes_per_second": self.rest_trickle_bytes_per_second,
+            "rest_stuck_pages": self.rest_stuck_pages,
         }
 
     @property
@@ -108,6 +120,12 @@ class FaultSwitches:
                 parsed[name] = _flag(name, value)
             elif name == "rest_rate_limit_next":
                 parsed[name] = _optional_count(name, value) or 0
+            elif name == "rest_redirect_to":
+                parsed[name] = _optional_url(name, value)
+            elif name in ("rest_gzip_bomb", "rest_stuck_pages"):
+                parsed[name] = _flag(name, value)
+            elif name == "rest_trickle_bytes_per_second":
+                parsed[name] = _seconds(name, value)  # any finite number >= 0; 0 is off
             else:
                 raise ValueError(f"unknown fault field: {name!r}")
         for name, value in parsed.items():
@@ -130,6 +148,21 @@ def _optional_count(name: str, value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer or null, got {value!r}")
     return value or None
+
+
+def _optional_url(name: str, value: Any) -> str | None:
+    """Accept None or "" (off), or an http(s) URL fit for a Location header."""
+    if value is None or value == "":
+        return None
+    if (
+        not isinstance(value, str)
+        or not value.startswith(("http://", "https://"))
+        or not value.isascii()
+        or not value.isprintable()
+        or " " in value
+    ):
+        raise ValueError(f"{name} must be an http:// or https:// URL or null, got {value!r}")
+    return value
 
 
 def _flag(name: str, value: Any) -> bool:

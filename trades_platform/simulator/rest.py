@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -18,6 +20,8 @@ UNAVAILABLE = "EService:Unavailable"  # with HTTP 503, when Kraken's backend is 
 MAX_COUNT = 1000
 # Kraken reads a `since` below this as seconds, at or above it as nanoseconds.
 _SECONDS_LIMIT = Decimal(10**12)
+# Whitespace inside the rest_gzip_bomb answer: about 50 MB inflated, about 50 kB compressed.
+GZIP_BOMB_PADDING_BYTES = 48 * 1024 * 1024
 
 Params = Mapping[str, Sequence[str]]
 
@@ -40,7 +44,8 @@ def ok(result: Any) -> RestAnswer:
     return RestAnswer(200, {"error": [], "result": result})
 
 
-def _param(params: Params, name: str) -> str | None:
+def first_param(params: Params, name: str) -> str | None:
+    """The first value of query parameter `name`, or None."""
     values = params.get(name)
     return values[0] if values else None
 
@@ -58,14 +63,14 @@ def parse_since_ns(text: str) -> int:
 
 def trades(core: SimulatorCore, params: Params) -> RestAnswer:
     """GET /0/public/Trades: trades with time >= since (inclusive) and <= now, at most count."""
-    pair_name = _param(params, "pair")
+    pair_name = first_param(params, "pair")
     if not pair_name:
         return error(INVALID_ARGUMENTS)
     info = core.by_rest_name(pair_name)
     if info is None:
         return error(UNKNOWN_PAIR)
-    count_text = _param(params, "count")
-    since_text = _param(params, "since")
+    count_text = first_param(params, "count")
+    since_text = first_param(params, "since")
     try:
         count = MAX_COUNT if count_text is None else int(count_text)
         since_ns = None if since_text is None else parse_since_ns(since_text)
@@ -104,6 +109,35 @@ def trades(core: SimulatorCore, params: Params) -> RestAnswer:
     return ok({info.key: rows, "last": str(last_ns)})
 
 
+def stuck_page(answer: RestAnswer, params: Params) -> RestAnswer:
+    """A Trades answer's rows with a `last` 2 ns past `since` (the rest_stuck_pages fault).
+
+    A client that asks again from `last` (or, like ours, 1 ns before it) moves on by a
+    nanosecond or two and gets the same rows again: no trade is that close to the next one.
+    """
+    result = answer.body.get("result")
+    if not isinstance(result, dict):
+        return answer  # an error: nothing to page on
+    since_text = first_param(params, "since")
+    since_ns = parse_since_ns(since_text) if since_text is not None else 0
+    return ok({**result, "last": str(since_ns + 2)})
+
+
+@functools.lru_cache(maxsize=16)
+def gzip_bomb_body(key: str) -> bytes:
+    """A gzip body (about 50 kB) of an empty Trades page padded to about 50 MB with whitespace.
+
+    Valid JSON once inflated, so only a client that bounds what it decodes is safe from it.
+    Compressed a block at a time: the simulator never holds the 50 MB itself.
+    """
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
+    parts = [compressor.compress(f'{{"error":[],"result":{{"{key}":['.encode())]
+    block = b" " * (1024 * 1024)
+    parts += [compressor.compress(block) for _ in range(GZIP_BOMB_PADDING_BYTES // len(block))]
+    parts += [compressor.compress(b'],"last":"0"}}'), compressor.flush()]
+    return b"".join(parts)
+
+
 def _asset_pair_entry(info: PairInfo) -> dict[str, Any]:
     entry: dict[str, Any] = {"altname": info.altname}
     if info.wsname is not None:
@@ -132,7 +166,7 @@ def _asset_pair_entry(info: PairInfo) -> dict[str, Any]:
 def asset_pairs(core: SimulatorCore, params: Params) -> RestAnswer:
     """GET /0/public/AssetPairs, optionally filtered by `pair` (comma-separated REST names)."""
     entries = core.asset_pair_entries()
-    wanted = _param(params, "pair")
+    wanted = first_param(params, "pair")
     if wanted:
         names = {n.strip().upper() for n in wanted.split(",") if n.strip()}
         known = {n for p in entries for n in (p.key.upper(), p.altname.upper())}
@@ -160,6 +194,9 @@ def system_status(core: SimulatorCore, params: Params) -> RestAnswer:
 RATE_LIMITED_BY_FAULT = frozenset({"Trades", "AssetPairs"})
 # Endpoints the rest_unavailable and rest_delay_seconds faults apply to (what backfills page).
 DOWN_OR_DELAYED_BY_FAULT = frozenset({"Trades"})
+# Endpoints the hostile REST faults apply to: rest_redirect_to, rest_gzip_bomb,
+# rest_trickle_bytes_per_second and rest_stuck_pages (the one that pages, and the biggest).
+HOSTILE_BY_FAULT = frozenset({"Trades"})
 
 ENDPOINTS = {
     "Trades": trades,

@@ -37,6 +37,7 @@ _MAX_HEAD_BYTES = 16 * 1024
 # websockets' open_timeout would also cut short a REST answer delayed by rest_delay_seconds, so
 # it is off and _BodyReadingConnection gives clients this long for their request instead.
 REQUEST_TIMEOUT_SECONDS = 10.0
+_JSON = "application/json; charset=utf-8"
 _CONTENT_LENGTH = re.compile(
     rb"^content-length:[ \t]*(\d+)[ \t]*\r\n", re.IGNORECASE | re.MULTILINE
 )
@@ -97,16 +98,29 @@ class _BodyReadingConnection(ServerConnection):
 
 def json_response(status: int, payload: Any) -> Response:
     """Build an HTTP response with a JSON body, Content-Type and Content-Length."""
-    body = dumps(payload).encode()
-    headers = Headers(
+    return _response(status, dumps(payload).encode(), ("Content-Type", _JSON))
+
+
+def redirect_response(location: str) -> Response:
+    """HTTP 302 to `location`, with an empty body (the rest_redirect_to fault)."""
+    return _response(302, b"", ("Location", location))
+
+
+def gzip_json_response(gzipped: bytes) -> Response:
+    """HTTP 200 with a gzip-compressed JSON body, Content-Encoding: gzip (rest_gzip_bomb)."""
+    return _response(200, gzipped, ("Content-Type", _JSON), ("Content-Encoding", "gzip"))
+
+
+def _response(status: int, body: bytes, *headers: tuple[str, str]) -> Response:
+    all_headers = Headers(
         [
             ("Date", email.utils.formatdate(usegmt=True)),
             ("Connection", "close"),
-            ("Content-Type", "application/json; charset=utf-8"),
+            *headers,
             ("Content-Length", str(len(body))),
         ]
     )
-    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+    return Response(status, http.HTTPStatus(status).phrase, all_headers, body)
 
 
 class Simulator:
@@ -208,7 +222,36 @@ class Simulator:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()
+        rate = self.core.faults.rest_trickle_bytes_per_second
+        if rate > 0 and endpoint in rest.HOSTILE_BY_FAULT:
+            self.core.stats.rest_trickled_answers += 1
+            await self._trickle(connection, response, rate)
         return response
+
+    async def _trickle(self, connection: ServerConnection, response: Response, rate: float) -> None:
+        """Send `response` here and now: its head at once, then its body `rate` bytes a second.
+
+        websockets would send it in one go. Once this returns the connection is closed, so
+        websockets sends nothing more: it stops when all is sent, the client has gone (as a
+        client with a deadline does) or the simulator stops.
+        """
+        data = response.serialize()
+        sent = data.index(b"\r\n\r\n") + 4
+        transport = connection.transport
+        transport.write(data[:sent])
+        step = max(1, round(rate / 10))  # about ten writes a second, at least a byte each
+        while sent < len(data) and not transport.is_closing() and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(step / rate):
+                    await self._stopping.wait()
+            if transport.is_closing():
+                break
+            transport.write(data[sent : sent + step])
+            sent += step
+        # Written bytes are in the kernel's send buffer and still go out; the request was read
+        # in full, so the close is an orderly one, not a reset.
+        transport.abort()
+        await connection.wait_closed()
 
     def _rest_response(
         self,
@@ -234,7 +277,21 @@ class Simulator:
             if not self._rest_limiter.allow(client, time.monotonic()):
                 stats.rate_limit_errors += 1
                 return json_response(200, {"error": [rest.RATE_LIMITED]})
+        hostile = endpoint in rest.HOSTILE_BY_FAULT
+        if hostile and faults.rest_redirect_to is not None:
+            stats.rest_redirect_answers += 1
+            return redirect_response(faults.rest_redirect_to)
+        if hostile and faults.rest_gzip_bomb:
+            stats.rest_gzip_bomb_answers += 1
+            pair = self.core.by_rest_name(rest.first_param(params, "pair") or "")
+            # Compressed once per pair (about half a second), then served from a cache.
+            return gzip_json_response(rest.gzip_bomb_body(pair.key if pair else "result"))
         answer = handler(self.core, params)
+        if hostile and faults.rest_stuck_pages:
+            stuck = rest.stuck_page(answer, params)
+            if stuck is not answer:
+                stats.rest_stuck_page_answers += 1
+                answer = stuck
         return json_response(answer.status, answer.body)
 
     def _control(self, method: str, endpoint: str, body: bytes) -> Response:

@@ -43,6 +43,10 @@ FAULTS_OFF = {
     "omit_same_timestamp_followers": False,
     "rest_unavailable": False,
     "rest_delay_seconds": 0.0,
+    "rest_redirect_to": None,
+    "rest_gzip_bomb": False,
+    "rest_trickle_bytes_per_second": 0.0,
+    "rest_stuck_pages": False,
 }
 TRADE_KEYS = ["symbol", "side", "price", "qty", "ord_type", "trade_id", "timestamp"]
 
