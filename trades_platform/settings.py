@@ -33,6 +33,9 @@ from trades_platform.trade import PAIR_PATTERN
 
 # Kraken's limit for `count` in /0/public/Trades.
 KRAKEN_MAX_PAGE_SIZE = 1000
+# The longest a trade may wait for the broker (10 min): a live claim's lease grows with it, and
+# readers of the coverage log reject leases longer than this allows.
+MAX_DELIVERY_TIMEOUT_MS = 600_000
 # Kafka's own rule for topic names (the platform adds `.coverage` and `.dlq` to it).
 _TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
 
@@ -85,6 +88,7 @@ class KafkaSettings(SettingsGroup):
     delivery_timeout_ms: int = Field(
         default=120_000,
         ge=1_000,
+        le=MAX_DELIVERY_TIMEOUT_MS,
         description="How long a trade may wait for an unreachable broker before the run fails",
     )
     linger_ms: int = Field(

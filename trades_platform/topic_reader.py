@@ -8,10 +8,46 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 _BATCH = 5000
+# Records read back that could not be used are all counted; this many are kept to report.
+MAX_REJECTED_SAMPLES = 10
+
+
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A record read back that could not be used, and where it is."""
+
+    partition: int
+    offset: int
+    reason: str
+
+    def describe(self) -> str:
+        """`partition 0 offset 15: value is not JSON`."""
+        return f"partition {self.partition} offset {self.offset}: {self.reason}"
+
+
+@dataclass
+class RejectedRecords:
+    """Records a reader skipped: every one counted, the first few kept with where and why."""
+
+    count: int = 0
+    samples: list[RejectedRecord] = field(default_factory=list)
+
+    def add(self, partition: int, offset: int, reason: str) -> None:
+        """Count a skipped record."""
+        self.count += 1
+        if len(self.samples) < MAX_REJECTED_SAMPLES:
+            self.samples.append(RejectedRecord(partition, offset, reason))
+
+    def describe(self) -> str:
+        """The skipped records in one line, for a warning."""
+        shown = "; ".join(record.describe() for record in self.samples)
+        more = self.count - len(self.samples)
+        return shown + (f"; and {more} more" if more > 0 else "")
 
 
 def topic_partitions(consumer: Consumer, topic: str) -> list[int] | None:

@@ -11,7 +11,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
 from trades_platform.coverage.claims import ClaimBoard, ObservedClaim
-from trades_platform.coverage.coverage_log import POLL_SECONDS
+from trades_platform.coverage.coverage_log import POLL_SECONDS, rejected_warning
 from trades_platform.coverage.topic_ids import rejected_warnings, scan_topic_ids
 from trades_platform.coverage.window_leases import (
     BACKFILL_PAGE_BOUND_SECONDS,
@@ -47,6 +47,8 @@ class BackfillSummary:
     left_to_live: int = 0
     # Records under the pair's key in the topic that are not plausible trades (skipped).
     rejected_in_topic: int = 0
+    # Records of the coverage log that are not valid claims, leases or heartbeats (skipped).
+    rejected_in_coverage: int = 0
     trade_ids: list[int] = field(default_factory=list)
     times_us: list[int] = field(default_factory=list)
     prices: list[float] = field(default_factory=list)
@@ -97,6 +99,7 @@ class BackfillSummary:
             "already_present": self.already_present,
             "left_to_live_writer": self.left_to_live,
             "records_in_topic_rejected": self.rejected_in_topic,
+            "records_in_coverage_rejected": self.rejected_in_coverage,
             "seconds_waiting_for_other_backfills": round(self.lease_wait_seconds, 3),
             "pair": window.pair,
             "window": window.describe(),
@@ -174,7 +177,7 @@ class WindowBackfill:
         scanned = scan_topic_ids(self.settings, [pair])
         for warning in rejected_warnings(scanned):
             self._log.warning(warning)
-        self.summary.rejected_in_topic = scanned[pair].rejected
+        self.summary.rejected_in_topic = scanned[pair].rejected.count
         present = scanned[pair].ids
         bound_ms = int(BACKFILL_PAGE_BOUND_SECONDS * 1000)
         try:
@@ -194,9 +197,17 @@ class WindowBackfill:
                 self._settle_left_rows(writer)
                 # The run succeeds only once the broker acknowledged every trade.
                 producer.flush()
+                self._report_rejected_coverage()
                 return self.summary.metadata(self.window, client, redpanda.topic)
         finally:
             self._board.close()
+
+    def _report_rejected_coverage(self) -> None:
+        """Warn about (and count) coverage records this run's lease and claim readers skipped."""
+        for rejected in (self.lease.rejected, self._board.rejected):
+            self.summary.rejected_in_coverage += rejected.count
+            if warning := rejected_warning(rejected, self.lease.topic):
+                self._log.warning(warning)
 
     def _check_runtime(self) -> None:
         """Fail once the run took longer than BACKFILL_MAX_RUNTIME_SECONDS (one REST slot)."""

@@ -23,6 +23,8 @@ by then.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import re
 import threading
 import time
 import uuid
@@ -40,12 +42,15 @@ from trades_platform.coverage.coverage_log import (
     Liveness,
     coverage_producer,
     ensure_coverage_topic,
+    plausible_wall_clock_ms,
     publish_and_wait,
 )
 from trades_platform.coverage.id_ranges import IdRanges
 from trades_platform.coverage.window_leases import BACKFILL_PAGE_BOUND_SECONDS
-from trades_platform.settings import KafkaSettings
+from trades_platform.settings import MAX_DELIVERY_TIMEOUT_MS, KafkaSettings
+from trades_platform.topic_reader import RejectedRecords
 from trades_platform.topics import coverage_topic
+from trades_platform.trade import MAX_TRADE_ID, PAIR_PATTERN
 
 CLAIM_KEY_PREFIX = "live-claim|"
 BEAT_KEY_PREFIX = "live-beat|"
@@ -60,8 +65,6 @@ CLAIM_STANDING_SECONDS = 35.0
 # After claiming, the live writer waits this long, then re-reads the topic: any backfill page that
 # started before the claim was visible has landed or failed by then.
 CLAIM_GRACE_SECONDS = 2 * BACKFILL_PAGE_BOUND_SECONDS
-# Leases read from the log are input from other processes: never wait longer than this.
-MAX_CLAIM_LEASE_SECONDS = 3600.0
 # Handed-back ranges a claim carries at most; past it, the oldest two are merged (see hand_back).
 MAX_HANDED_BACK_RANGES = 500
 
@@ -80,6 +83,13 @@ def claim_lease_seconds(delivery_timeout_ms: int) -> float:
         + POLL_SECONDS
         + CLAIM_HEARTBEAT_SECONDS / 2
     )
+
+
+# The longest lease a writer of this product takes (at the longest delivery timeout the settings
+# allow): a longer one read from the log is no writer's and is rejected.
+MAX_CLAIM_LEASE_SECONDS = claim_lease_seconds(MAX_DELIVERY_TIMEOUT_MS)
+# Owners are Dagster run ids (or uuid4 hex); anything much longer is not a writer's name.
+MAX_OWNER_LENGTH = 100
 
 
 class OtherLiveWriterError(RuntimeError):
@@ -129,38 +139,60 @@ class ObservedClaim:
         return self.liveness == "ended"
 
 
+@dataclass(frozen=True)
+class _Beat:
+    """A heartbeat record of a claim, checked."""
+
+    owner: str
+    beat: int
+    heartbeat_ms: int
+    lease_seconds: float
+    from_id: int | None
+    handed_back: tuple[tuple[int, int], ...]
+
+
 class ClaimBoard:
-    """Every live writer's claims, read incrementally from the coverage log and watched."""
+    """Every live writer's claims, read incrementally from the coverage log and watched.
+
+    Each record is checked as it is read: one that is malformed or implausible (a time beyond the
+    clocks' margin, a lease longer than any writer takes, an id out of range) is skipped and
+    reported in `rejected` with its offset. A rejected heartbeat leaves the claim as its last good
+    heartbeat described it, so a forged record can neither end a claim nor keep one alive longer
+    than its lease.
+    """
 
     def __init__(self, settings: KafkaSettings, owner: str | None = None) -> None:
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex
         ensure_coverage_topic(settings)
-        self._log = CoverageLogReader(settings)
-        self._acquisitions: dict[str, tuple[int, dict[str, Any]]] = {}
-        self._beats: dict[str, dict[str, Any]] = {}
+        self._log = CoverageLogReader(settings, (CLAIM_KEY_PREFIX, BEAT_KEY_PREFIX))
+        self._acquisitions: dict[str, tuple[int, TailClaim]] = {}
+        self._beats: dict[str, _Beat] = {}
         self._watch = HeartbeatWatch()
 
     @property
-    def skipped_records(self) -> int:
-        """Coverage records that were not valid claims (or not JSON objects), skipped."""
-        return self._log.skipped
+    def rejected(self) -> RejectedRecords:
+        """Coverage records that were not valid claims or heartbeats, skipped."""
+        return self._log.rejected
 
     def read(self, timeout_seconds: float = 30.0) -> dict[str, list[ObservedClaim]]:
         """Per pair, the claims of every other writer, oldest first, as of the end of the log."""
         for offset, key, value in self._log.new_records(timeout_seconds):
-            if key.startswith(CLAIM_KEY_PREFIX):
-                self._acquisitions[key[len(CLAIM_KEY_PREFIX) :]] = (offset, value)
-            elif key.startswith(BEAT_KEY_PREFIX):
-                self._beats[key[len(BEAT_KEY_PREFIX) :]] = value
+            try:
+                if key.startswith(CLAIM_KEY_PREFIX):
+                    self._acquisitions[key[len(CLAIM_KEY_PREFIX) :]] = (
+                        offset,
+                        _claim_from_acquisition(offset, value),
+                    )
+                elif key.startswith(BEAT_KEY_PREFIX):
+                    self._beats[key[len(BEAT_KEY_PREFIX) :]] = _beat_from_record(value)
+            except (KeyError, TypeError, ValueError, OverflowError) as error:
+                self._log.reject(offset, f"{key[:80]!r}: {str(error)[:200]}")
         observed: dict[str, list[ObservedClaim]] = {}
-        for holder, (offset, acquisition) in sorted(
+        for holder, (_offset, acquired) in sorted(
             self._acquisitions.items(), key=lambda item: item[1][0]
         ):
-            claim = _claim_from_records(offset, acquisition, self._beats.get(holder))
-            if claim is None:
-                self._log.skipped += 1
-                continue
+            claim = _with_beat(acquired, self._beats.get(holder))
             if claim.owner == self.owner:
                 continue
             if claim.released:
@@ -174,9 +206,7 @@ class ClaimBoard:
             )
         # Drop what can no longer matter, so the dictionaries stay bounded by the live writers.
         self._acquisitions = {
-            holder: entry
-            for holder, entry in self._acquisitions.items()
-            if not entry[1].get("released")
+            holder: entry for holder, entry in self._acquisitions.items() if not entry[1].released
         }
         self._beats = {
             holder: beat for holder, beat in self._beats.items() if holder in self._acquisitions
@@ -185,53 +215,88 @@ class ClaimBoard:
 
     def own_claims(self) -> dict[str, tuple[int, bool]]:
         """This writer's acquisitions as read so far: pair -> (offset, released)."""
-        own = {}
-        for offset, acquisition in self._acquisitions.values():
-            if acquisition.get("owner") == self.owner:
-                own[str(acquisition.get("pair"))] = (offset, bool(acquisition.get("released")))
-        return own
+        return {
+            claim.pair: (offset, claim.released)
+            for offset, claim in self._acquisitions.values()
+            if claim.owner == self.owner
+        }
 
     def close(self) -> None:
         """Close the reader."""
         self._log.close()
 
 
-def _claim_from_records(
-    offset: int, acquisition: dict[str, Any], beat: dict[str, Any] | None
-) -> TailClaim | None:
-    """The claim an acquisition and its latest heartbeat describe; None if they are malformed."""
-    try:
-        pair, owner = acquisition["pair"], acquisition["owner"]
-        lease = float(acquisition["lease_seconds"])
-        if not (isinstance(pair, str) and isinstance(owner, str) and lease > 0):
-            return None
-        claim = TailClaim(
-            pair=pair,
-            owner=owner,
-            offset=offset,
-            acquired_ms=int(acquisition["acquired_ms"]),
-            released=acquisition.get("released") is True,
-            lease_seconds=min(lease, MAX_CLAIM_LEASE_SECONDS),
-            heartbeat_ms=int(acquisition["acquired_ms"]),
+def _claim_from_acquisition(offset: int, acquisition: dict[str, Any]) -> TailClaim:
+    """The claim an acquisition record states; ValueError (or KeyError, TypeError) if malformed."""
+    pair, owner = acquisition["pair"], acquisition["owner"]
+    if not (isinstance(pair, str) and re.fullmatch(PAIR_PATTERN, pair)):
+        raise ValueError(f"pair {str(pair)[:40]!r} is not a pair name")
+    if not (isinstance(owner, str) and 0 < len(owner) <= MAX_OWNER_LENGTH):
+        raise ValueError(f"owner {str(owner)[:40]!r} is not a writer's name")
+    acquired_ms = plausible_wall_clock_ms(acquisition["acquired_ms"], "acquired_ms")
+    return TailClaim(
+        pair=pair,
+        owner=owner,
+        offset=offset,
+        acquired_ms=acquired_ms,
+        released=acquisition.get("released") is True,
+        lease_seconds=_plausible_lease(acquisition["lease_seconds"]),
+        heartbeat_ms=acquired_ms,
+    )
+
+
+def _beat_from_record(beat: dict[str, Any]) -> _Beat:
+    """A heartbeat record, checked; ValueError (or KeyError, TypeError) if malformed."""
+    owner, number, from_id = beat["owner"], beat["beat"], beat.get("from_id")
+    if not isinstance(owner, str):
+        raise ValueError("owner is not a string")
+    if type(number) is not int or number < 0:
+        raise ValueError(f"beat {str(number)[:40]!r} is not a count")
+    if from_id is not None and (type(from_id) is not int or not 0 < from_id <= MAX_TRADE_ID):
+        raise ValueError(f"from_id {str(from_id)[:40]} is not a trade id")
+    handed_back = beat.get("handed_back") or []
+    if not isinstance(handed_back, list) or len(handed_back) > MAX_HANDED_BACK_RANGES:
+        raise ValueError(f"handed_back is not a list of at most {MAX_HANDED_BACK_RANGES} ranges")
+    ranges = []
+    for first, last in handed_back:
+        if not (type(first) is int and type(last) is int and 0 < first <= last <= MAX_TRADE_ID):
+            raise ValueError(f"handed_back range {str([first, last])[:60]} is not an id range")
+        ranges.append((first, last))
+    return _Beat(
+        owner=owner,
+        beat=number,
+        heartbeat_ms=plausible_wall_clock_ms(beat["heartbeat_ms"], "heartbeat_ms"),
+        lease_seconds=_plausible_lease(beat["lease_seconds"]),
+        from_id=from_id,
+        handed_back=tuple(sorted(ranges)),
+    )
+
+
+def _plausible_lease(value: object) -> float:
+    """A lease read from the log: positive and no longer than any writer of this product takes."""
+    if type(value) not in (int, float):
+        raise ValueError(f"lease_seconds {str(value)[:40]!r} is not a number")
+    assert isinstance(value, int | float)
+    if not 0 < value <= MAX_CLAIM_LEASE_SECONDS:
+        raise ValueError(
+            f"lease_seconds {value} is beyond the longest lease a writer takes "
+            f"({MAX_CLAIM_LEASE_SECONDS:.0f}s)"
         )
-        if beat is None or beat.get("owner") != owner:
-            return claim
-        from_id = beat.get("from_id")
-        if from_id is not None and (type(from_id) is not int or from_id <= 0):
-            return None
-        handed_back = tuple(sorted((int(a), int(b)) for a, b in beat.get("handed_back") or ()))
-        return TailClaim(
-            **{
-                **claim.__dict__,
-                "from_id": from_id,
-                "handed_back": handed_back,
-                "beat": int(beat["beat"]),
-                "heartbeat_ms": int(beat["heartbeat_ms"]),
-                "lease_seconds": min(float(beat["lease_seconds"]), MAX_CLAIM_LEASE_SECONDS),
-            }
-        )
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return None
+    return float(value)
+
+
+def _with_beat(claim: TailClaim, beat: _Beat | None) -> TailClaim:
+    """The claim as its latest heartbeat (of the same owner) describes it."""
+    if beat is None or beat.owner != claim.owner:
+        return claim
+    return dataclasses.replace(
+        claim,
+        from_id=beat.from_id,
+        handed_back=beat.handed_back,
+        beat=beat.beat,
+        heartbeat_ms=beat.heartbeat_ms,
+        lease_seconds=beat.lease_seconds,
+    )
 
 
 @dataclass
@@ -264,6 +329,8 @@ class TailClaimHolder:
         self._board_lock = threading.Lock()
         self._heartbeater: Heartbeater | None = None
         self._acquired_ms = 0
+        # Claim records of other writers that were malformed or implausible, skipped.
+        self.rejected = RejectedRecords()
 
     # --- the claim's life ------------------------------------------------------------------
 
@@ -272,6 +339,7 @@ class TailClaimHolder:
         ensure_coverage_topic(self.settings)
         self._producer = coverage_producer(self.settings)
         self._board = ClaimBoard(self.settings, owner=self.owner)
+        self.rejected = self._board.rejected
         self._acquired_ms = int(time.time() * 1000)
         sent_at = time.monotonic()
         publish_and_wait(

@@ -29,9 +29,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from trades_platform.settings import KafkaSettings
-from trades_platform.topic_reader import read_to_end
+from trades_platform.topic_reader import RejectedRecords, read_to_end
 from trades_platform.topics import COVERAGE_TOPIC_CONFIG, coverage_topic
-from trades_platform.trade import CLOCK_MARGIN_MS
+from trades_platform.trade import CLOCK_MARGIN_MS, EARLIEST_TRADE_MS
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +97,17 @@ def publish_and_wait(
 class CoverageLogReader:
     """Reads `<topic>.coverage` incrementally: each call returns what was added since the last.
 
-    The log is input from other processes (and other versions): a record whose value is not a
-    JSON object is skipped and counted in `skipped`, never raised.
+    Only records whose key starts with one of `key_prefixes` are read (claims and leases share
+    the log; each reader judges its own). The log is input from other processes (and other
+    versions): such a record whose value is not a JSON object is skipped and counted in
+    `rejected`, never raised; the claims and leases on top reject their own malformed or
+    implausible records there too (`reject`).
     """
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, key_prefixes: tuple[str, ...]) -> None:
         self.topic = coverage_topic(settings)
-        self.skipped = 0
+        self.rejected = RejectedRecords()
+        self._raw_prefixes = tuple(prefix.encode() for prefix in key_prefixes)
         self._consumer = Consumer(settings.consumer_config())
         self._next_offset = 0
 
@@ -114,21 +118,55 @@ class CoverageLogReader:
             self._consumer, self.topic, {0: self._next_offset}, timeout_seconds=timeout_seconds
         ):
             self._next_offset = message.offset() + 1
+            raw_key = message.key() or b""
+            if not raw_key.startswith(self._raw_prefixes):
+                continue
+            key = raw_key.decode(errors="replace")
             try:
-                key = (message.key() or b"").decode()
                 value = orjson.loads(message.value() or b"null")
-            except (UnicodeDecodeError, orjson.JSONDecodeError):
+            except orjson.JSONDecodeError:
                 value = None
             if not isinstance(value, dict):
                 # A tombstone (null) or junk: nothing a holder could have meant.
-                self.skipped += 1
+                self.reject(message.offset(), "value is not a JSON object")
                 continue
             records.append((message.offset(), key, value))
         return records
 
+    def reject(self, offset: int, reason: str) -> None:
+        """Count a record of the log that is not a valid claim, lease or heartbeat."""
+        self.rejected.add(0, offset, reason)
+
     def close(self) -> None:
         """Close the consumer."""
         self._consumer.close()
+
+
+def rejected_warning(rejected: RejectedRecords, topic: str) -> str | None:
+    """A warning naming the coverage records a reader skipped, or None if there were none."""
+    if not rejected.count:
+        return None
+    return (
+        f"{rejected.count} record(s) in {topic!r} are not valid claims, leases or heartbeats and "
+        f"were skipped (they hold nothing back): {rejected.describe()}"
+    )
+
+
+def plausible_wall_clock_ms(value: object, what: str) -> int:
+    """A wall-clock time in ms read from the log; ValueError unless it is from 2013 to the margin.
+
+    A time further ahead than the clocks' margin is written by no healthy holder; believing it
+    would keep a dead holder alive by the wall clock.
+    """
+    if type(value) is not int:
+        raise ValueError(f"{what} is not a whole number: {str(value)[:40]!r}")
+    latest_ms = int(time.time() * 1000) + CLOCK_MARGIN_MS
+    if not EARLIEST_TRADE_MS <= value <= latest_ms:
+        raise ValueError(
+            f"{what} {value} is not between 2013 and now plus the clock margin "
+            f"({CLOCK_MARGIN_MS // 60_000} min)"
+        )
+    return value
 
 
 class Heartbeater:

@@ -11,29 +11,13 @@ from confluent_kafka import Consumer
 
 from trades_platform.coverage.id_ranges import IdRanges
 from trades_platform.settings import KafkaSettings
-from trades_platform.topic_reader import read_to_end, topic_partitions
+from trades_platform.topic_reader import RejectedRecords, read_to_end, topic_partitions
 from trades_platform.trade import (
     CLOCK_MARGIN_MS,
     implausible_reason,
     message_key_for,
     parse_time_iso,
 )
-
-# Records of a pair that are not plausible trades are all counted; this many are kept to report.
-MAX_REJECTED_SAMPLES = 10
-
-
-@dataclass(frozen=True)
-class RejectedRecord:
-    """A record under a pair's key that is not a plausible trade, and where it is."""
-
-    partition: int
-    offset: int
-    reason: str
-
-    def describe(self) -> str:
-        """`partition 0 offset 15: value is not JSON`."""
-        return f"partition {self.partition} offset {self.offset}: {self.reason}"
 
 
 @dataclass
@@ -42,26 +26,13 @@ class PairIds:
 
     Records under the pair's key that are not plausible trades (not JSON, not an object, an id
     or a time no Kraken trade has) are skipped: they never stop a writer and never become its
-    resume point. `rejected` counts them; `rejected_samples` keeps the first few.
+    resume point. `rejected` counts them and keeps the first few with their offsets.
     """
 
     ids: IdRanges = field(default_factory=IdRanges)
     highest_time_us: int | None = None
     duplicates: int = 0
-    rejected: int = 0
-    rejected_samples: list[RejectedRecord] = field(default_factory=list)
-
-    def reject(self, partition: int, offset: int, reason: str) -> None:
-        """Count a record that is not a plausible trade."""
-        self.rejected += 1
-        if len(self.rejected_samples) < MAX_REJECTED_SAMPLES:
-            self.rejected_samples.append(RejectedRecord(partition, offset, reason))
-
-    def describe_rejected(self) -> str:
-        """The rejected records in one line, for a warning."""
-        shown = "; ".join(record.describe() for record in self.rejected_samples)
-        more = self.rejected - len(self.rejected_samples)
-        return shown + (f"; and {more} more" if more > 0 else "")
+    rejected: RejectedRecords = field(default_factory=RejectedRecords)
 
 
 def scan_topic_ids(
@@ -94,15 +65,15 @@ def scan_topic_ids(
             try:
                 value = orjson.loads(message.value() or b"")
             except orjson.JSONDecodeError:
-                entry.reject(*where, "value is not JSON")
+                entry.rejected.add(*where, "value is not JSON")
                 continue
             if not isinstance(value, dict):
-                entry.reject(*where, f"value is a JSON {type(value).__name__}, not an object")
+                entry.rejected.add(*where, f"value is a JSON {type(value).__name__}, not an object")
                 continue
             trade_id = value.get("trade_id")
             reason = implausible_reason(trade_id, value.get("timestamp_ms"), latest_ms)
             if reason is not None:
-                entry.reject(*where, reason)
+                entry.rejected.add(*where, reason)
                 continue
             assert isinstance(trade_id, int)  # implausible_reason checked it
             if trade_id in entry.ids:
@@ -126,8 +97,8 @@ def scan_topic_ids(
 def rejected_warnings(found: dict[str, PairIds]) -> list[str]:
     """One warning per pair whose scan skipped records that are not plausible trades."""
     return [
-        f"{pair}: {entry.rejected} record(s) under its key in the topic are not plausible trades "
-        f"and were skipped (they do not count as present): {entry.describe_rejected()}"
+        f"{pair}: {entry.rejected.count} record(s) under its key in the topic are not plausible "
+        f"trades and were skipped (they do not count as present): {entry.rejected.describe()}"
         for pair, entry in found.items()
-        if entry.rejected
+        if entry.rejected.count
     ]

@@ -24,6 +24,7 @@ WINDOW_LEASE_SECONDS, a holder presumed dead has stopped writing before the wait
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -39,11 +40,13 @@ from trades_platform.coverage.coverage_log import (
     HeartbeatWatch,
     coverage_producer,
     ensure_coverage_topic,
+    plausible_wall_clock_ms,
     publish_and_wait,
 )
 from trades_platform.settings import KafkaSettings
+from trades_platform.topic_reader import RejectedRecords
 from trades_platform.topics import coverage_topic
-from trades_platform.trade import format_time_us
+from trades_platform.trade import PAIR_PATTERN, format_time_us
 
 # A backfill's page is acknowledged or failed within this bound (its producer's delivery timeout).
 BACKFILL_PAGE_BOUND_SECONDS = 5.0
@@ -146,7 +149,7 @@ class WindowLeaseHolder:
         """Publish the acquisition record and start heartbeating."""
         ensure_coverage_topic(self.settings)
         self._producer = coverage_producer(self.settings)
-        self._log = CoverageLogReader(self.settings)
+        self._log = CoverageLogReader(self.settings, (LEASE_KEY_PREFIX, HEARTBEAT_KEY_PREFIX))
         sent_at = time.monotonic()
         self.lease = WindowLease(
             self.lease.pair,
@@ -242,14 +245,23 @@ class WindowLeaseHolder:
         for offset, key, value in self._log.new_records():
             try:
                 if key.startswith(LEASE_KEY_PREFIX):
-                    self._leases[key] = (offset, WindowLease(**value))
+                    self._leases[key] = (offset, _lease_from_record(value))
                 elif key.startswith(HEARTBEAT_KEY_PREFIX):
+                    beat = value["beat"]
+                    if type(beat) is not int:
+                        raise ValueError(f"beat {str(beat)[:40]!r} is not a whole number")
                     self._heartbeats[_holder(key)] = (
-                        int(value["beat"]),
-                        int(value["heartbeat_ms"]),
+                        beat,
+                        plausible_wall_clock_ms(value["heartbeat_ms"], "heartbeat_ms"),
                     )
-            except (TypeError, KeyError, ValueError):
-                self._log.skipped += 1  # not a lease record of this version
+            except (TypeError, KeyError, ValueError) as error:
+                self._log.reject(offset, f"{key[:80]!r}: {str(error)[:200]}")
+
+    @property
+    def rejected(self) -> RejectedRecords:
+        """Lease and heartbeat records of the coverage log that were malformed, skipped."""
+        assert self._log is not None, "acquire() first"
+        return self._log.rejected
 
     def _publish(self, key: str, value: dict[str, object], *, timeout_seconds: float) -> None:
         assert self._producer is not None, "acquire() first"
@@ -278,3 +290,27 @@ def describe_lease(lease: WindowLease) -> str:
 def _holder(key: str) -> str:
     """`<pair>|<owner>` from a lease or heartbeat key: what joins a heartbeat to its lease."""
     return key.split("|", 1)[1]
+
+
+def _lease_from_record(value: dict[str, Any]) -> WindowLease:
+    """A lease record, checked (keys of later versions are ignored); ValueError if malformed."""
+    pair, start_us, end_us, owner = (
+        value["pair"],
+        value["start_us"],
+        value["end_us"],
+        value["owner"],
+    )
+    if not (isinstance(pair, str) and re.fullmatch(PAIR_PATTERN, pair)):
+        raise ValueError(f"pair {str(pair)[:40]!r} is not a pair name")
+    if not (type(start_us) is int and type(end_us) is int and start_us < end_us):
+        raise ValueError(f"window {str(start_us)[:30]}..{str(end_us)[:30]} is not a time window")
+    if not isinstance(owner, str):
+        raise ValueError("owner is not a string")
+    return WindowLease(
+        pair=pair,
+        start_us=start_us,
+        end_us=end_us,
+        owner=owner,
+        acquired_ms=plausible_wall_clock_ms(value["acquired_ms"], "acquired_ms"),
+        released=value.get("released") is True,
+    )

@@ -8,6 +8,7 @@ from dagster import Config, OpExecutionContext, in_process_executor, job, op
 from pydantic import Field
 
 from trades_platform.coverage.claims import ObservedClaim, TailClaimHolder, claim_lease_seconds
+from trades_platform.coverage.coverage_log import rejected_warning
 from trades_platform.coverage.topic_ids import PairIds, rejected_warnings, scan_topic_ids
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.dead_letters import DeadLetterProducer
@@ -94,6 +95,8 @@ def stream_live_trades(
         waited = holder.wait_for_turn(lambda ahead: _log_waiting(context, ahead))
         if waited:
             context.log.info(f"Waited {waited:.0f}s for other live writers of {pairs}")
+        if warning := rejected_warning(holder.rejected, holder.topic):
+            context.log.warning(warning)
         scanned = scan_topic_ids(settings, pairs)
         context.log.info(
             "In the topic: "

@@ -1,6 +1,7 @@
 """Records in the trades topic that are not trades (poison) never stop a writer and never move
-its resume point: they are skipped, counted and reported with their offsets, and every good
-trade still lands once."""
+its resume point, and records in the coverage topic that are no writer's claim, lease or
+heartbeat hold nothing back: they are skipped, counted and reported with their offsets, and
+every good trade still lands once."""
 
 import time
 
@@ -23,7 +24,7 @@ from trades_platform.testing import (
     read_topic,
     unique_topic,
 )
-from trades_platform.topics import TRADES_TOPIC_CONFIG
+from trades_platform.topics import COVERAGE_TOPIC_CONFIG, TRADES_TOPIC_CONFIG
 from trades_platform_tests.backfill.conftest import (
     MIDNIGHT_KEY,
     backfill_resources,
@@ -55,15 +56,63 @@ def _poison(now_ms: int) -> list[tuple[bytes, str]]:
     ]
 
 
+def _coverage_poison(now_ms: int) -> tuple[list[tuple[str, bytes]], list[str], list[str]]:
+    """Poison records for the coverage topic; the reasons claim readers and lease readers give.
+
+    Each would have held a writer back (for the lease, for ever, or by raising) if believed.
+    """
+    day_ms = 86_400_000
+    claim = {"pair": "BTC/USD", "owner": "ghost", "acquired_ms": now_ms, "lease_seconds": 60}
+    beat = {"owner": "ghost", "beat": 1, "heartbeat_ms": now_ms, "lease_seconds": 60}
+    lease = {"pair": "BTC/USD", "start_us": 0, "end_us": 2**62, "owner": "ghost"}
+    records = [
+        # A claim from a day ahead: by the wall clock it would never be old enough to be over.
+        ("live-claim|BTC/USD|future", {**claim, "owner": "future", "acquired_ms": now_ms + day_ms}),
+        # A lease of a day: every live run of ETH/USD would wait it out.
+        ("live-claim|ETH/USD|long", {**claim, "pair": "ETH/USD", "lease_seconds": 86_400}),
+        ("live-beat|BTC/USD|ghost", {**beat, "beat": "one"}),
+        ("live-beat|BTC/USD|ghost", {**beat, "from_id": 2**63}),
+        ("live-claim|BTC/USD|junk", b"not json"),
+        # Keys of a later version are ignored, not fatal; a claim from long ago is over.
+        (
+            "live-claim|BTC/USD|later",
+            {**claim, "owner": "later", "acquired_ms": now_ms - day_ms, "region": "eu"},
+        ),
+        ("window|BTC/USD|ghost", {**lease, "start_us": "midnight", "acquired_ms": now_ms}),
+        ("window|BTC/USD|ahead", {**lease, "owner": "ahead", "acquired_ms": now_ms + day_ms}),
+        ("window-beat|BTC/USD|ghost", {"owner": "ghost", "beat": 1, "heartbeat_ms": "now"}),
+    ]
+    encoded = [
+        (key, value if isinstance(value, bytes) else orjson.dumps(value)) for key, value in records
+    ]
+    claim_reasons = ["acquired_ms", "lease_seconds", "beat 'one'", "from_id", "not a JSON object"]
+    lease_reasons = ["not a time window", "acquired_ms", "heartbeat_ms"]
+    return encoded, claim_reasons, lease_reasons
+
+
 def _topic_with_poison(broker: str) -> tuple[str, list[str]]:
-    """A new trades topic (the platform's configuration) holding only poison records."""
+    """A new trades topic (the platform's configuration) holding only poison records.
+
+    Its coverage topic holds the poison records of `_coverage_poison`.
+    """
     topic = unique_topic("poison")
     admin = AdminClient({"bootstrap.servers": broker})
-    admin.create_topics([NewTopic(topic, 3, 1, config=TRADES_TOPIC_CONFIG)])[topic].result(30)
-    poison = _poison(int(time.time() * 1000))
+    coverage = f"{topic}.coverage"
+    created = admin.create_topics(
+        [
+            NewTopic(topic, 3, 1, config=TRADES_TOPIC_CONFIG),
+            NewTopic(coverage, 1, 1, config=COVERAGE_TOPIC_CONFIG),
+        ]
+    )
+    for future in created.values():
+        future.result(30)
+    now_ms = int(time.time() * 1000)
+    poison = _poison(now_ms)
     producer = Producer({"bootstrap.servers": broker})
     for value, _ in poison:
         producer.produce(topic, value, KEY)
+    for key, value in _coverage_poison(now_ms)[0]:
+        producer.produce(coverage, value, key.encode())
     assert producer.flush(30) == 0
     return topic, [reason for _, reason in poison]
 
@@ -73,11 +122,11 @@ def test_the_scan_skips_and_reports_each_poison_record(broker: str) -> None:
     found = scan_topic_ids(KafkaSettings(broker_address=broker, topic=topic), ["BTC/USD"])
     btc = found["BTC/USD"]
     assert len(btc.ids) == 0 and btc.highest_time_us is None
-    assert btc.rejected == len(reasons)
-    described = btc.describe_rejected()
+    assert btc.rejected.count == len(reasons)
+    described = btc.rejected.describe()
     for reason in reasons:
         assert reason in described, described
-    assert all("offset" in sample.describe() for sample in btc.rejected_samples)
+    assert all("offset" in sample.describe() for sample in btc.rejected.samples)
 
 
 def test_a_live_run_on_a_poisoned_topic_writes_every_trade(broker: str) -> None:
@@ -106,6 +155,11 @@ def test_a_live_run_on_a_poisoned_topic_writes_every_trade(broker: str) -> None:
     assert live_run_totals(messages)["written"] == trades
     warnings = [message for message in messages if "not plausible trades" in message]
     assert len(warnings) == 1 and f"{len(reasons)} record(s)" in warnings[0], warnings
+    _, claim_reasons, _ = _coverage_poison(0)
+    (coverage_warning,) = [message for message in messages if "not valid claims" in message]
+    assert f"{len(claim_reasons)} record(s)" in coverage_warning, coverage_warning
+    assert all(reason in coverage_warning for reason in claim_reasons), coverage_warning
+    assert not [message for message in messages if "Waiting for other live writers" in message]
     records = read_topic(broker, topic, expected=trades, trades_only=True)
     counts = count_pairs(records)
     assert set(counts) == set(pairs)
@@ -123,6 +177,10 @@ def test_a_backfill_on_a_poisoned_topic_writes_its_day(
     (materialization,) = result.asset_materializations_for_node("kraken_trades_history")
     metadata = {key: value.value for key, value in materialization.metadata.items()}
     assert metadata["records_in_topic_rejected"] == len(reasons)
+    _, claim_reasons, lease_reasons = _coverage_poison(0)
+    assert metadata["records_in_coverage_rejected"] == len(claim_reasons) + len(lease_reasons)
+    # The lease from a day ahead would otherwise be waited for until its heartbeat is watched.
+    assert metadata["seconds_waiting_for_other_backfills"] < 5
     expected = expected_ids(market, MIDNIGHT_KEY)
     assert metadata["written"] == len(expected)
     records = read_topic(broker, topic, expected=len(expected), trades_only=True)
