@@ -124,7 +124,10 @@ class GapHealer:
 
     def add(self, gap: TradeGap) -> None:
         """Ask for the ids of `gap`; never blocks on REST."""
-        hole = _Hole(gap.first_missing_id, gap.last_missing_id, gap.after_time_us, self._clock())
+        # The earlier of the two sides: a gap whose time runs backwards is still asked from
+        # before both of its trades.
+        anchor_us = min(gap.after_time_us, gap.before_time_us)
+        hole = _Hole(gap.first_missing_id, gap.last_missing_id, anchor_us, self._clock())
         with self._wake:
             holes = self._work.setdefault(gap.pair, _PairWork()).holes
             index = bisect.bisect_left([h.first for h in holes], hole.first)

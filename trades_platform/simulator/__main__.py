@@ -169,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         "id before it: only the first fill of a match arrives (see --trades-per-match)",
     )
     faults.add_argument(
+        "--backdate-after-gap-seconds",
+        type=_non_negative_float,
+        default=defaults.faults.backdate_after_gap_seconds,
+        metavar="S",
+        help="send the first trade after each left-out one S seconds early (WebSocket only): "
+        "a gap whose time runs backwards",
+    )
+    faults.add_argument(
         "--rest-unavailable",
         action="store_true",
         help="answer every Trades request with HTTP 503 EService:Unavailable",
@@ -230,6 +238,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
             "hostile_every_frames": args.hostile_every_frames,
             "rest_rate_limit_next": args.rest_rate_limit_next,
             "omit_every_nth_id": args.omit_every_nth_id,
+            "backdate_after_gap_seconds": args.backdate_after_gap_seconds,
             "omit_same_timestamp_followers": args.omit_same_timestamp_followers,
             "rest_unavailable": args.rest_unavailable,
             "rest_delay_seconds": args.rest_delay_seconds,

@@ -72,6 +72,8 @@ class Stats:
     trades_sent: Counter[str] = field(default_factory=Counter)
     # Trades a connection skipped in update frames (omit_* faults), per pair.
     trades_left_out: Counter[str] = field(default_factory=Counter)
+    # Update items sent early by backdate_after_gap_seconds.
+    trades_backdated: int = 0
     frames_sent: int = 0
     trade_frames_sent: int = 0
     heartbeats_sent: int = 0
@@ -99,6 +101,7 @@ class Stats:
             "trades_sent_total": sum(self.trades_sent.values()),
             "trades_left_out": dict(sorted(self.trades_left_out.items())),
             "trades_left_out_total": sum(self.trades_left_out.values()),
+            "trades_backdated": self.trades_backdated,
             "frames_sent": self.frames_sent,
             "trade_frames_sent": self.trade_frames_sent,
             "heartbeats_sent": self.heartbeats_sent,

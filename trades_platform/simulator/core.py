@@ -87,7 +87,15 @@ class SimulatorCore:
             and self.market.time_us(symbol, trade_id - 1) == self.market.time_us(symbol, trade_id)
         )
 
-    def _trade_item_json(self, symbol: str, trade_id: int) -> str:
+    def update_item_json(self, symbol: str, trade_id: int) -> str:
+        """A trade as an update frame's item: backdated when it follows a left-out trade."""
+        backdate_us = int(self.faults.backdate_after_gap_seconds * 1_000_000)
+        if backdate_us and trade_id > 1 and self.left_out(symbol, trade_id - 1):
+            self.stats.trades_backdated += 1
+            return self._trade_item_json(symbol, trade_id, backdate_us)
+        return self.trade_item_json(symbol, trade_id)
+
+    def _trade_item_json(self, symbol: str, trade_id: int, backdate_us: int = 0) -> str:
         trade = self.market.trade(symbol, trade_id)
         decimals = self._by_symbol[symbol].price_decimals
         # Built by hand: json.dumps would write small quantities as 1e-05.
@@ -95,5 +103,5 @@ class SimulatorCore:
             f'{{"symbol":"{symbol}","side":"{trade.side}",'
             f'"price":{format_decimal(trade.price, decimals)},'
             f'"qty":{format_decimal(trade.qty, 8)},"ord_type":"{trade.ord_type}",'
-            f'"trade_id":{trade_id},"timestamp":"{trade_time_iso(trade.time_us)}"}}'
+            f'"trade_id":{trade_id},"timestamp":"{trade_time_iso(trade.time_us - backdate_us)}"}}'
         )

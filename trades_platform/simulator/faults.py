@@ -63,6 +63,9 @@ class FaultSwitches:
     # Leave out of update frames every trade sharing its timestamp with the id before it, so
     # only the first fill of each match arrives (krakenfx/api-go #36).
     omit_same_timestamp_followers: bool = False
+    # Send the first trade after each left-out one this many seconds early (WebSocket only;
+    # REST keeps its true time): a gap whose time runs backwards.
+    backdate_after_gap_seconds: float = 0.0
     # Answer every /0/public/Trades request with HTTP 503 EService:Unavailable.
     rest_unavailable: bool = False
     # Hold every /0/public/Trades answer this long before sending it.
@@ -89,6 +92,7 @@ class FaultSwitches:
             "rest_rate_limit_next": self.rest_rate_limit_next,
             "omit_every_nth_id": self.omit_every_nth_id,
             "omit_same_timestamp_followers": self.omit_same_timestamp_followers,
+            "backdate_after_gap_seconds": self.backdate_after_gap_seconds,
             "rest_unavailable": self.rest_unavailable,
             "rest_delay_seconds": self.rest_delay_seconds,
             "rest_redirect_to": self.rest_redirect_to,
@@ -114,7 +118,7 @@ class FaultSwitches:
                 "omit_every_nth_id",
             ):
                 parsed[name] = _optional_count(name, value)
-            elif name in ("stall_seconds", "rest_delay_seconds"):
+            elif name in ("stall_seconds", "rest_delay_seconds", "backdate_after_gap_seconds"):
                 parsed[name] = _seconds(name, value)
             elif name in ("omit_same_timestamp_followers", "rest_unavailable"):
                 parsed[name] = _flag(name, value)

@@ -299,7 +299,7 @@ class WsSession:
         stats = self.core.stats
         # An update whose trades were all left out is not sent at all: Kraken's gaps are silent.
         if ids or kind == "snapshot":
-            item = self.core.trade_item_json
+            item = self.core.update_item_json if kind == "update" else self.core.trade_item_json
             items = ",".join(item(symbol, trade_id) for trade_id in ids)
             await self._send(f'{{"channel":"trade","type":"{kind}","data":[{items}]}}')
             stats.trade_frames_sent += 1

@@ -175,6 +175,53 @@ def test_only_the_first_trade_of_each_match_arrives(
     print(f"[faults] followers: {_sources(records)}; {totals}")
 
 
+def test_a_gap_whose_time_runs_backwards_is_healed(
+    broker: str, dagster_instance: DagsterInstance
+) -> None:
+    """The trade after each left-out one arrives 5 s early: the run lives, each gap is healed."""
+    topic = unique_topic("faults-backwards")
+    flags = live_flags("--omit-every-nth-id", "7", "--backdate-after-gap-seconds", "5")
+    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + LEFT_OUT_TRADES
+    with SimulatorProcess(*flags) as sim:
+        result = run_live(
+            live_kraken(sim, rest_requests_per_second=1.0),
+            RedpandaResource(broker_address=broker, topic=topic),
+            dagster_instance,
+            max_trades=trades,
+        )
+        ended_us = wall_us(seconds_ago=5)
+        stats = sim.stats()
+        sent = trades_sent(sim)
+    totals = run_totals(dagster_instance, result.run_id)
+    assert result.success
+    assert stats["trades_backdated"] > 50, stats
+    assert totals["healed"] > 50 and totals["handed_back"] == 0, totals
+    records = read_topic(broker, topic)
+    market = SimulatedMarket(LIVE_PAIRS, 25.0)
+    assert_exactly_once(
+        records,
+        label="backwards",
+        market=market,
+        pairs=LIVE_PAIRS,
+        reaches_us=ended_us,
+        sent=sent,
+        # Live records of the trade after a left-out one carry the time the socket sent.
+        time_shifts_us=lambda trade_id: (0, 5_000_000) if trade_id % 7 == 1 else (0,),
+    )
+    _assert_in_order(records, LIVE_PAIRS)
+    # The fault reached the topic: time runs backwards from a healed trade to the next one.
+    backwards = 0
+    for pair in LIVE_PAIRS:
+        by_id = sorted(
+            (r.value["trade_id"], r.value["timestamp_ms"])
+            for r in records
+            if r.value["pair"] == pair
+        )
+        backwards += sum(1 for (_, a), (_, b) in itertools.pairwise(by_id) if b < a)
+    assert backwards > 50, backwards
+    print(f"[faults] backwards: {backwards} steps back in time; {totals}")
+
+
 def _kraken_time_us(sim: SimulatorProcess) -> int:
     with urllib.request.urlopen(f"{sim.rest_url}/0/public/Time", timeout=10) as response:
         return int(orjson.loads(response.read())["result"]["unixtime"]) * 1_000_000
