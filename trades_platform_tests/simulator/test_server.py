@@ -41,6 +41,7 @@ FAULTS_OFF = {
     "rest_rate_limit_next": 0,
     "omit_every_nth_id": None,
     "omit_same_timestamp_followers": False,
+    "backdate_after_gap_seconds": 0.0,
     "rest_unavailable": False,
     "rest_delay_seconds": 0.0,
     "rest_redirect_to": None,
