@@ -15,11 +15,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import websocket
 
 from trades_platform.kraken.protocol import (
+    MAX_FRAME_BYTES,
     ErrorMessage,
     Heartbeat,
     IgnoredMessage,
@@ -49,6 +51,61 @@ class UnsupportedPairError(ValueError):
 
 class _Reconnect(Exception):
     """Internal: the current connection is unusable; open a new one."""
+
+
+# A message bigger than this is not read to its end: the connection is dropped instead (the
+# parser dead-letters messages above MAX_FRAME_BYTES that still fit). Kraken's are a few KiB.
+MAX_MESSAGE_BYTES = 16 * MAX_FRAME_BYTES
+
+
+class MessageTooLargeError(websocket.WebSocketException):
+    """A WebSocket message grew past MAX_MESSAGE_BYTES while it was being read."""
+
+
+class MessageTooSlowError(websocket.WebSocketException):
+    """A WebSocket message was still arriving after its deadline (sent a byte at a time)."""
+
+
+class _BoundedWebSocket(websocket.WebSocket):
+    """A WebSocket whose messages are bounded in size and in the time they take to arrive.
+
+    websocket-client reads a message to its end whatever it announces or however slowly it
+    comes, and a socket timeout only bounds each read: a message sent a byte at a time would hold
+    the stream past its watchdog, and a huge one would fill memory. `_recv` is the one place all
+    reads of a message pass through (headers, payloads, continuation frames).
+    """
+
+    deadline_seconds = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.begin_message()
+
+    def begin_message(self) -> None:
+        """Start counting the next message's bytes and time."""
+        self._message_bytes = 0
+        self._message_started: float | None = None
+
+    def check_deadline(self) -> None:
+        """Raise MessageTooSlowError if the message being read is past its deadline."""
+        started = self._message_started
+        if started is not None and time.monotonic() - started > self.deadline_seconds:
+            raise MessageTooSlowError(
+                f"a message still incomplete after {self.deadline_seconds:.1f}s "
+                f"({self._message_bytes} bytes so far)"
+            )
+
+    def _recv(self, bufsize: int) -> bytes:
+        self.check_deadline()
+        data: bytes = super()._recv(bufsize)  # type: ignore[no-untyped-call]
+        if self._message_started is None:
+            self._message_started = time.monotonic()
+        self._message_bytes += len(data)
+        if self._message_bytes > MAX_MESSAGE_BYTES:
+            raise MessageTooLargeError(
+                f"a message of more than {MAX_MESSAGE_BYTES} bytes; not read further"
+            )
+        return data
 
 
 @dataclass(frozen=True)
@@ -210,7 +267,7 @@ class KrakenTradeStream:
         self._log = log
         self._rejections = RejectionLog(log)
         self._sleep = sleep
-        self._socket: websocket.WebSocket | None = None
+        self._socket: _BoundedWebSocket | None = None
         self._request_ids = itertools.count(1)
         self._closed = False
         # Consecutive failed connections; reset once a subscription is fully acknowledged.
@@ -245,14 +302,19 @@ class KrakenTradeStream:
     def _connect(self) -> None:
         settings = self.settings
         try:
-            self._socket = websocket.create_connection(
+            connection = websocket.create_connection(
                 settings.url,
                 timeout=settings.connect_timeout_seconds,
                 skip_utf8_validation=True,
                 enable_multithread=False,
+                class_=_BoundedWebSocket,
             )
         except (OSError, websocket.WebSocketException) as error:
             raise _Reconnect(f"connect to {settings.url} failed: {error}") from error
+        assert isinstance(connection, _BoundedWebSocket)
+        # A message must arrive whole within the watchdog, however it trickles in.
+        connection.deadline_seconds = settings.watchdog_seconds
+        self._socket = connection
         self.stats.connections += 1
         self._socket.settimeout(min(settings.idle_yield_seconds, settings.watchdog_seconds))
         self._send(
@@ -326,9 +388,15 @@ class KrakenTradeStream:
             # bytes (validation is off for speed); the parser rejects them as invalid JSON.
             opcode, data = self._socket.recv_data()
         except websocket.WebSocketTimeoutException:
+            # Part of a message may have come: it stays buffered, within its deadline.
+            try:
+                self._socket.check_deadline()
+            except MessageTooSlowError as error:
+                raise _Reconnect(f"receive failed: {error}") from error
             return None
         except (OSError, websocket.WebSocketException) as error:
             raise _Reconnect(f"receive failed: {type(error).__name__}: {error}") from error
+        self._socket.begin_message()
         if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
             return data  # type: ignore[no-any-return]
         return ""

@@ -149,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
         "frame, an item nested 1000 deep, or a frame of 50,000 junk items (in turn)",
     )
     faults.add_argument(
+        "--slow-message-every-frames",
+        type=_count,
+        metavar="N",
+        help="after every N-th trade frame, send one message a character per fragment, 0.5 s "
+        "apart (30 s in all)",
+    )
+    faults.add_argument(
+        "--giant-message-every-frames",
+        type=_count,
+        metavar="N",
+        help="after every N-th trade frame, send one message of 17 MiB",
+    )
+    faults.add_argument(
         "--rest-rate-limit-next",
         type=_count,
         default=0,
@@ -236,6 +249,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
             "stall_seconds": args.stall_seconds,
             "malformed_every_frames": args.malformed_every_frames,
             "hostile_every_frames": args.hostile_every_frames,
+            "slow_message_every_frames": args.slow_message_every_frames,
+            "giant_message_every_frames": args.giant_message_every_frames,
             "rest_rate_limit_next": args.rest_rate_limit_next,
             "omit_every_nth_id": args.omit_every_nth_id,
             "backdate_after_gap_seconds": args.backdate_after_gap_seconds,

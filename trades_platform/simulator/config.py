@@ -79,6 +79,8 @@ class Stats:
     heartbeats_sent: int = 0
     malformed_frames_sent: int = 0
     hostile_frames_sent: int = 0
+    slow_messages_sent: int = 0
+    giant_messages_sent: int = 0
     rest_requests: int = 0
     # Trades answered by /0/public/Trades, per pair (pages that overlap count twice).
     rest_trades_sent: Counter[str] = field(default_factory=Counter)
@@ -107,6 +109,8 @@ class Stats:
             "heartbeats_sent": self.heartbeats_sent,
             "malformed_frames_sent": self.malformed_frames_sent,
             "hostile_frames_sent": self.hostile_frames_sent,
+            "slow_messages_sent": self.slow_messages_sent,
+            "giant_messages_sent": self.giant_messages_sent,
             "rest_requests": self.rest_requests,
             "rest_trades_sent": dict(sorted(self.rest_trades_sent.items())),
             "rate_limit_errors": self.rate_limit_errors,

@@ -33,6 +33,12 @@ HOSTILE_KINDS: tuple[str, ...] = (
     "junk_items",
 )
 JUNK_ITEMS = 50_000
+# The slow-message fault sends a heartbeat message this long, one character per fragment...
+SLOW_MESSAGE_CHARACTERS = 60
+# ...this many seconds apart: 30 s for the message, far past any client's watchdog.
+SLOW_MESSAGE_INTERVAL_SECONDS = 0.5
+# The giant-message fault's size: past the 16 MiB a client reads of one message.
+GIANT_MESSAGE_BYTES = 17 << 20
 
 # REST rate-limit answers the rest_rate_limit_next fault cycles through: (HTTP status, error).
 RATE_LIMIT_ANSWERS: tuple[tuple[int, str], ...] = (
@@ -56,6 +62,10 @@ class FaultSwitches:
     # After every N-th trade frame, send one hostile frame (HOSTILE_KINDS cycle): input meant
     # to crash or flood a client, not just bad data.
     hostile_every_frames: int | None = None
+    # After every N-th trade frame, send one message a character per fragment, 0.5 s apart.
+    slow_message_every_frames: int | None = None
+    # After every N-th trade frame, send one message of GIANT_MESSAGE_BYTES.
+    giant_message_every_frames: int | None = None
     # Answer the next N REST data requests with rate-limit errors.
     rest_rate_limit_next: int = 0
     # Leave out of update frames every trade whose id is a multiple of N (krakenfx/api-go #36).
@@ -89,6 +99,8 @@ class FaultSwitches:
             "stall_seconds": self.stall_seconds,
             "malformed_every_frames": self.malformed_every_frames,
             "hostile_every_frames": self.hostile_every_frames,
+            "slow_message_every_frames": self.slow_message_every_frames,
+            "giant_message_every_frames": self.giant_message_every_frames,
             "rest_rate_limit_next": self.rest_rate_limit_next,
             "omit_every_nth_id": self.omit_every_nth_id,
             "omit_same_timestamp_followers": self.omit_same_timestamp_followers,
@@ -115,6 +127,8 @@ class FaultSwitches:
                 "stall_after_trades",
                 "malformed_every_frames",
                 "hostile_every_frames",
+                "slow_message_every_frames",
+                "giant_message_every_frames",
                 "omit_every_nth_id",
             ):
                 parsed[name] = _optional_count(name, value)
@@ -229,6 +243,19 @@ def _fake_item(symbol: str, timestamp: str) -> dict[str, Any]:
 
 def _trade_frame(item: dict[str, Any]) -> dict[str, Any]:
     return {"channel": "trade", "type": "update", "data": [item]}
+
+
+def slow_message_fragments() -> list[str]:
+    """A heartbeat message cut into SLOW_MESSAGE_CHARACTERS one-character fragments."""
+    head = '{"channel":"heartbeat","padding":"'
+    text = head + "x" * (SLOW_MESSAGE_CHARACTERS - len(head) - 2) + '"}'
+    return list(text)
+
+
+def giant_message() -> str:
+    """A heartbeat message of GIANT_MESSAGE_BYTES."""
+    head = '{"channel":"heartbeat","padding":"'
+    return head + "x" * (GIANT_MESSAGE_BYTES - len(head) - 2) + '"}'
 
 
 def hostile_frame(kind_index: int, symbol: str, timestamp: str) -> bytes:

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from trades_platform.simulator.core import SimulatorCore, dumps
-from trades_platform.simulator.faults import hostile_frame, malformed_frame
+from trades_platform.simulator.faults import (
+    SLOW_MESSAGE_INTERVAL_SECONDS,
+    giant_message,
+    hostile_frame,
+    malformed_frame,
+    slow_message_fragments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +182,19 @@ class WsSession:
 
     # -- sending --------------------------------------------------------------------------
 
+    async def _send_stress_messages(self) -> None:
+        """The slow- and giant-message faults, after a trade frame they are due after."""
+        faults, stats = self.core.faults, self.core.stats
+        slow = faults.slow_message_every_frames
+        if slow and self.trade_frames_sent % slow == 0:
+            stats.slow_messages_sent += 1
+            await self.ws.send(_trickle(slow_message_fragments()))
+            self.core.stats.frames_sent += 1
+        giant = faults.giant_message_every_frames
+        if giant and self.trade_frames_sent % giant == 0:
+            stats.giant_messages_sent += 1
+            await self._send(giant_message())
+
     async def _send(self, text: str) -> None:
         await self.ws.send(text)
         self.core.stats.frames_sent += 1
@@ -318,6 +338,7 @@ class WsSession:
                 self.core.stats.frames_sent += 1
                 self.hostile_index += 1
                 stats.hostile_frames_sent += 1
+            await self._send_stress_messages()
         if through >= first:
             # Left-out trades are never sent later: the cursor passes them too.
             subscription.cursor = through
@@ -374,3 +395,10 @@ class WsSession:
 
 def _req(req_id: Any) -> dict[str, Any]:
     return {} if req_id is None else {"req_id": req_id}
+
+
+async def _trickle(fragments: list[str]) -> AsyncIterator[str]:
+    """The fragments of one message, SLOW_MESSAGE_INTERVAL_SECONDS apart."""
+    for fragment in fragments:
+        yield fragment
+        await asyncio.sleep(SLOW_MESSAGE_INTERVAL_SECONDS)

@@ -273,3 +273,44 @@ def test_hostile_frames_are_dead_lettered_and_the_event_log_stays_bounded(
         f"{totals['dead_lettered']} rejections, {len(dead)} dead letters, "
         f"{len(one_by_one)} + {len(summaries)} warning lines, {len(messages)} log entries"
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "sent_counter", "reason"),
+    [
+        ("--slow-message-every-frames", "slow_messages_sent", "still incomplete after"),
+        ("--giant-message-every-frames", "giant_messages_sent", "not read further"),
+    ],
+    ids=["slow", "giant"],
+)
+def test_a_message_too_slow_or_too_big_costs_a_reconnect_not_the_run(
+    broker: str, dagster_instance: DagsterInstance, flag: str, sent_counter: str, reason: str
+) -> None:
+    """A message sent a character every 0.5 s (30 s in all), or one of 17 MiB: the client stops
+    reading it at the watchdog or at 16 MiB, reconnects, and loses no trade."""
+    topic = unique_topic(f"faults-{sent_counter.split('_')[0]}-message")
+    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 400
+    with SimulatorProcess(*live_flags(flag, "30")) as sim:
+        result = run_live(
+            live_kraken(sim),
+            RedpandaResource(broker_address=broker, topic=topic),
+            dagster_instance,
+            max_trades=trades,
+        )
+        # A stalled connection is behind by up to the watchdog plus a heal when the run ends.
+        ended_us = wall_us(seconds_ago=15)
+        stats = sim.stats()
+        sent = trades_sent(sim)
+    totals = run_totals(dagster_instance, result.run_id)
+    assert result.success
+    assert stats[sent_counter] >= 1, stats
+    assert totals["reconnects"] >= 1, totals
+    lost = [m for m in run_messages(dagster_instance, result.run_id) if "connection lost" in m]
+    assert any(reason in message for message in lost), lost
+    # No reconnect waited for the whole slow message: each came within the watchdog's reach.
+    assert totals["lag_p99_seconds"] < 15, totals
+    records = read_topic(broker, topic, expected=trades)
+    assert_exactly_once(
+        records, label=sent_counter, market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
+    )
+    print(f"[faults] {sent_counter}: {stats[sent_counter]} sent; {totals}")

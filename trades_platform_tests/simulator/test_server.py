@@ -38,6 +38,8 @@ FAULTS_OFF = {
     "stall_seconds": 5.0,
     "malformed_every_frames": None,
     "hostile_every_frames": None,
+    "slow_message_every_frames": None,
+    "giant_message_every_frames": None,
     "rest_rate_limit_next": 0,
     "omit_every_nth_id": None,
     "omit_same_timestamp_followers": False,
