@@ -76,7 +76,11 @@ class KafkaSettings(SettingsGroup):
         default=3, ge=1, le=10_000, description="Partitions when the platform creates the topic"
     )
     replication_factor: int = Field(
-        default=1, ge=1, le=32, description="Replication factor when the platform creates a topic"
+        default=-1,
+        ge=-1,
+        le=32,
+        description="Replication factor when the platform creates a topic; -1: the broker's "
+        "default (Kafka's default.replication.factor, Redpanda's default_topic_replications)",
     )
     dlq_retention_days: int = Field(
         default=30,
@@ -122,6 +126,15 @@ class KafkaSettings(SettingsGroup):
         }
         config.update({name: value for name, value in optional.items() if value})
         return config
+
+    @field_validator("replication_factor")
+    @classmethod
+    def _replicas_or_broker_default(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError(
+                "0 replicas keep nothing: give 1 to 32, or -1 for the broker's default"
+            )
+        return value
 
     def producer_config(self) -> dict[str, Any]:
         """A producer's settings beyond the connection; idempotence keeps retries from repeating."""
