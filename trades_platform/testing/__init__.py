@@ -12,6 +12,7 @@ from trades_platform.testing.live import (
     live_run_totals,
     once_every_pair_is_written,
 )
+from trades_platform.testing.scripted_http import ScriptedHttpServer
 from trades_platform.testing.simulator import ServerProcess, SimulatorProcess, cli_env
 from trades_platform.testing.topic import (
     TopicRecord,
@@ -23,6 +24,7 @@ from trades_platform.testing.topic import (
 )
 
 __all__ = [
+    "ScriptedHttpServer",
     "ServerProcess",
     "SimulatorProcess",
     "TopicRecord",

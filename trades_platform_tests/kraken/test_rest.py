@@ -1,13 +1,9 @@
 """The REST client against the simulator (and, for answers it cannot give, a scripted server)."""
 
-import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -23,7 +19,7 @@ from trades_platform.kraken.rest import (
 )
 from trades_platform.local_broker import free_port
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform.testing import SimulatorProcess
+from trades_platform.testing import ScriptedHttpServer, SimulatorProcess
 
 PAIRS = ("BTC/USD", "ETH/USD")
 # At this rate trade 14741879 of BTC/USD is at exactly 2024-01-23T00:00:00.000000Z.
@@ -266,39 +262,6 @@ def test_unpaced_client_is_held_back_by_rate_limits_and_loses_nothing(
 # --- answers the simulator cannot give: a scripted Kraken on a real HTTP port ----------------
 
 
-class ScriptedKraken:
-    """A real HTTP server answering each request with the next scripted (status, body)."""
-
-    def __init__(self, answers: list[tuple[int, Any]]) -> None:
-        self.answers = list(answers)
-        self.queries: list[tuple[str, dict[str, list[str]]]] = []
-        scripted = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                scripted.queries.append((url.path, parse_qs(url.query)))
-                status, body = scripted.answers.pop(0)
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 ASSET_PAIRS = (
     200,
     {"error": [], "result": {"XXBTZUSD": {"altname": "XBTUSD", "wsname": "XBT/USD"}}},
@@ -319,17 +282,17 @@ def _trades(rows: list[Any], last: Any) -> tuple[int, Any]:
 
 
 @pytest.fixture
-def scripted() -> Iterator[list[ScriptedKraken]]:
-    servers: list[ScriptedKraken] = []
+def scripted() -> Iterator[list[ScriptedHttpServer]]:
+    servers: list[ScriptedHttpServer] = []
     yield servers
     for server in servers:
         server.close()
 
 
 def test_transient_errors_are_retried_and_since_is_an_integer_string(
-    scripted: list[ScriptedKraken],
+    scripted: list[ScriptedHttpServer],
 ) -> None:
-    kraken = ScriptedKraken(
+    kraken = ScriptedHttpServer(
         [
             (200, {"error": ["EService:Unavailable"]}),
             ASSET_PAIRS,
@@ -354,11 +317,11 @@ def test_transient_errors_are_retried_and_since_is_an_integer_string(
 
 
 def test_bad_rows_are_counted_with_their_reason_and_good_ones_kept(
-    scripted: list[ScriptedKraken],
+    scripted: list[ScriptedHttpServer],
 ) -> None:
     bad_id = ["42000.1", "0.5", (START_US + 1) / 1e6, "b", "l", "", 0]
     bad_price = ["-1", "0.5", (START_US + 2) / 1e6, "b", "l", "", 12]
-    kraken = ScriptedKraken(
+    kraken = ScriptedHttpServer(
         [
             ASSET_PAIRS,
             TIME,
@@ -379,8 +342,8 @@ def test_bad_rows_are_counted_with_their_reason_and_good_ones_kept(
     }
 
 
-def test_missing_last_falls_back_to_the_newest_row(scripted: list[ScriptedKraken]) -> None:
-    kraken = ScriptedKraken(
+def test_missing_last_falls_back_to_the_newest_row(scripted: list[ScriptedHttpServer]) -> None:
+    kraken = ScriptedHttpServer(
         [
             ASSET_PAIRS,
             TIME,
@@ -400,10 +363,10 @@ def test_missing_last_falls_back_to_the_newest_row(scripted: list[ScriptedKraken
 
 
 def test_a_full_page_that_cannot_advance_fails_instead_of_looping(
-    scripted: list[ScriptedKraken],
+    scripted: list[ScriptedHttpServer],
 ) -> None:
     same_time = [_row(trade_id, 0) for trade_id in range(10, 13)]
-    kraken = ScriptedKraken([ASSET_PAIRS, TIME, _trades(same_time, str(START_US * 1000))])
+    kraken = ScriptedHttpServer([ASSET_PAIRS, TIME, _trades(same_time, str(START_US * 1000))])
     scripted.append(kraken)
     with (
         _client(kraken.url, page_size=3) as client,
@@ -412,9 +375,9 @@ def test_a_full_page_that_cannot_advance_fails_instead_of_looping(
         _rows(client, "BTC/USD", START_US, START_US + DAY_US)
 
 
-def test_a_result_keyed_by_another_name_is_read(scripted: list[ScriptedKraken]) -> None:
+def test_a_result_keyed_by_another_name_is_read(scripted: list[ScriptedHttpServer]) -> None:
     # Asked as XBTUSD, answered under XXBTZUSD: the single key besides `last` is the rows.
-    kraken = ScriptedKraken([ASSET_PAIRS, TIME, _trades([_row(10, 0)], str(START_US * 1000))])
+    kraken = ScriptedHttpServer([ASSET_PAIRS, TIME, _trades([_row(10, 0)], str(START_US * 1000))])
     scripted.append(kraken)
     with _client(kraken.url) as client:
         rows = _rows(client, "BTC/USD", START_US, START_US + DAY_US)
@@ -422,10 +385,10 @@ def test_a_result_keyed_by_another_name_is_read(scripted: list[ScriptedKraken]) 
 
 
 def test_trades_sharing_the_last_time_of_a_page_are_not_skipped(
-    scripted: list[ScriptedKraken],
+    scripted: list[ScriptedHttpServer],
 ) -> None:
     at_5s = 5_000_000
-    kraken = ScriptedKraken(
+    kraken = ScriptedHttpServer(
         [
             ASSET_PAIRS,
             TIME,

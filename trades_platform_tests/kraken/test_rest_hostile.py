@@ -7,14 +7,12 @@ within seconds, and without reading more than the byte cap.
 
 import gzip
 import json
-import threading
 import time
 import tracemalloc
 import urllib.request
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -29,7 +27,7 @@ from trades_platform.kraken.rest import (
     RestSettings,
 )
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform.testing import SimulatorProcess
+from trades_platform.testing import ScriptedHttpServer, SimulatorProcess
 
 # A regression here pages or waits for ever: fail in a minute, not at the suite's 300 s.
 pytestmark = pytest.mark.timeout(60)
@@ -233,46 +231,14 @@ def test_a_normal_window_still_pages_completely(
 # --- Retry-After, which the simulator does not send: a scripted server on a real port -------
 
 
-class _ScriptedAnswers:
-    """A real HTTP server answering each request with the next (status, headers, body)."""
-
-    def __init__(self, answers: list[tuple[int, dict[str, str], bytes]]) -> None:
-        self.answers = list(answers)
-        scripted = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, headers, body = scripted.answers.pop(0)
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def close(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
-
-
 def test_retry_after_is_honoured_only_up_to_the_longest_backoff() -> None:
     """A 429 asking for an hour waits backoff_max_seconds; the gzip answer after it is read."""
     asset_pairs = {"error": [], "result": {"XXBTZUSD": {"altname": "XBTUSD", "wsname": "XBT/USD"}}}
-    server = _ScriptedAnswers(
+    server = ScriptedHttpServer(
         [
-            (429, {"Retry-After": "3600"}, b'{"error":["EAPI:Rate limit exceeded"]}'),
+            (429, b'{"error":["EAPI:Rate limit exceeded"]}', {"Retry-After": "3600"}),
             # Kraken compresses its answers: a gzip body within the cap is read as before.
-            (200, {"Content-Encoding": "gzip"}, gzip.compress(json.dumps(asset_pairs).encode())),
+            (200, gzip.compress(json.dumps(asset_pairs).encode()), {"Content-Encoding": "gzip"}),
         ]
     )
     try:
