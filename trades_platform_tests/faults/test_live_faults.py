@@ -1,6 +1,8 @@
 """The live job against the exchange misbehaving: drops, stalls, malformed frames, REST storms."""
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -41,6 +43,47 @@ pytestmark = pytest.mark.faults
 MARKET = SimulatedMarket(LIVE_PAIRS, LIVE_RATE)
 # The socket faults are switched on once the run streams, and runs write what piled up before
 # (`grace_backlog`): near midnight UTC their claims first wait a grace period (testing.live).
+
+
+@dataclass(frozen=True)
+class _FrameFaultRun:
+    """A bounded live run against a simulator with frame faults switched on, and what it saw."""
+
+    topic: str
+    trades: int
+    run_id: str
+    ended_us: int
+    stats: dict[str, Any]
+    sent: dict[str, tuple[int, int]]
+    totals: dict[str, int | float]
+
+
+def _run_with_frame_faults(
+    broker: str,
+    instance: DagsterInstance,
+    label: str,
+    *flags: str,
+    behind_seconds: float = 3,
+) -> _FrameFaultRun:
+    """Run the live job for 400 trades (plus any grace backlog) with the simulator's `flags`.
+
+    `behind_seconds`: how far behind the wall clock each pair's newest id may be at the end.
+    """
+    topic = unique_topic(f"faults-{label}")
+    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 400
+    with SimulatorProcess(*live_flags(*flags)) as sim:
+        result = run_live(
+            live_kraken(sim),
+            RedpandaResource(broker_address=broker, topic=topic),
+            instance,
+            max_trades=trades,
+        )
+        ended_us = wall_us(seconds_ago=behind_seconds)
+        stats = sim.stats()
+        sent = trades_sent(sim)
+    assert result.success
+    totals = run_totals(instance, result.run_id)
+    return _FrameFaultRun(topic, trades, result.run_id, ended_us, stats, sent, totals)
 
 
 def _stall_once(sim: SimulatorProcess, **switches: object) -> None:
@@ -152,26 +195,21 @@ def test_malformed_frames_go_to_the_dead_letter_topic(
     broker: str, dagster_instance: DagsterInstance
 ) -> None:
     """A bad frame after every third: counted, dead-lettered with a reason; no good trade lost."""
-    topic = unique_topic("faults-malformed")
-    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 400
-    with SimulatorProcess(*live_flags("--malformed-every-frames", "3")) as sim:
-        result = run_live(
-            live_kraken(sim),
-            RedpandaResource(broker_address=broker, topic=topic),
-            dagster_instance,
-            max_trades=trades,
-        )
-        ended_us = wall_us(seconds_ago=3)
-        stats = sim.stats()
-        sent = trades_sent(sim)
-    totals = run_totals(dagster_instance, result.run_id)
-    assert result.success
+    run = _run_with_frame_faults(
+        broker, dagster_instance, "malformed", "--malformed-every-frames", "3"
+    )
+    topic, trades, stats, totals = run.topic, run.trades, run.stats, run.totals
     rejected = totals["dead_lettered"]
     assert rejected > 0, totals
     records = read_topic(broker, topic, expected=trades)
     assert len(records) == trades
     assert_exactly_once(
-        records, label="malformed", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
+        records,
+        label="malformed",
+        market=MARKET,
+        pairs=LIVE_PAIRS,
+        reaches_us=run.ended_us,
+        sent=run.sent,
     )
     dead = _read_dead_letters(broker, f"{topic}.dlq")
     reasons = sorted({str(value["reason"]).split(":")[0] for value in dead})
@@ -231,29 +269,24 @@ def test_hostile_frames_are_dead_lettered_and_the_event_log_stays_bounded(
 ) -> None:
     """Invalid UTF-8 in a text frame, an item nested 1000 deep, a frame of 50,000 junk items:
     the run survives, loses no good trade, and logs a bounded number of warnings."""
-    topic = unique_topic("faults-hostile")
-    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 400
-    with SimulatorProcess(*live_flags("--hostile-every-frames", "20")) as sim:
-        result = run_live(
-            live_kraken(sim),
-            RedpandaResource(broker_address=broker, topic=topic),
-            dagster_instance,
-            max_trades=trades,
-        )
-        ended_us = wall_us(seconds_ago=3)
-        stats = sim.stats()
-        sent = trades_sent(sim)
-    totals = run_totals(dagster_instance, result.run_id)
-    assert result.success
+    run = _run_with_frame_faults(
+        broker, dagster_instance, "hostile", "--hostile-every-frames", "20"
+    )
+    topic, trades, stats, totals = run.topic, run.trades, run.stats, run.totals
     # Every kind was sent at least once, the junk frames too.
     assert stats["hostile_frames_sent"] >= 6, stats
     assert totals["dead_lettered"] >= JUNK_ITEMS, totals
     records = read_topic(broker, topic, expected=trades)
     assert len(records) == trades
     assert_exactly_once(
-        records, label="hostile", market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
+        records,
+        label="hostile",
+        market=MARKET,
+        pairs=LIVE_PAIRS,
+        reaches_us=run.ended_us,
+        sent=run.sent,
     )
-    messages = run_messages(dagster_instance, result.run_id)
+    messages = run_messages(dagster_instance, run.run_id)
     one_by_one = [m for m in messages if m.startswith("Skipped bad Kraken input")]
     summaries = [m for m in messages if m.startswith("Skipped ") and "without logging each" in m]
     minutes = int(totals["seconds"] // REJECTION_LOG_INTERVAL_SECONDS) + 1
@@ -288,29 +321,24 @@ def test_a_message_too_slow_or_too_big_costs_a_reconnect_not_the_run(
 ) -> None:
     """A message sent a character every 0.5 s (30 s in all), or one of 17 MiB: the client stops
     reading it at the watchdog or at 16 MiB, reconnects, and loses no trade."""
-    topic = unique_topic(f"faults-{sent_counter.split('_')[0]}-message")
-    trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 400
-    with SimulatorProcess(*live_flags(flag, "30")) as sim:
-        result = run_live(
-            live_kraken(sim),
-            RedpandaResource(broker_address=broker, topic=topic),
-            dagster_instance,
-            max_trades=trades,
-        )
-        # A stalled connection is behind by up to the watchdog plus a heal when the run ends.
-        ended_us = wall_us(seconds_ago=15)
-        stats = sim.stats()
-        sent = trades_sent(sim)
-    totals = run_totals(dagster_instance, result.run_id)
-    assert result.success
+    # A stalled connection is behind by up to the watchdog plus a heal when the run ends.
+    run = _run_with_frame_faults(
+        broker, dagster_instance, sent_counter, flag, "30", behind_seconds=15
+    )
+    stats, totals = run.stats, run.totals
     assert stats[sent_counter] >= 1, stats
     assert totals["reconnects"] >= 1, totals
-    lost = [m for m in run_messages(dagster_instance, result.run_id) if "connection lost" in m]
+    lost = [m for m in run_messages(dagster_instance, run.run_id) if "connection lost" in m]
     assert any(reason in message for message in lost), lost
     # No reconnect waited for the whole slow message: each came within the watchdog's reach.
     assert totals["lag_p99_seconds"] < 15, totals
-    records = read_topic(broker, topic, expected=trades)
+    records = read_topic(broker, run.topic, expected=run.trades)
     assert_exactly_once(
-        records, label=sent_counter, market=MARKET, pairs=LIVE_PAIRS, reaches_us=ended_us, sent=sent
+        records,
+        label=sent_counter,
+        market=MARKET,
+        pairs=LIVE_PAIRS,
+        reaches_us=run.ended_us,
+        sent=run.sent,
     )
     print(f"[faults] {sent_counter}: {stats[sent_counter]} sent; {totals}")
