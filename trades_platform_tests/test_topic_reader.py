@@ -8,6 +8,9 @@ from trades_platform.settings import KafkaSettings
 from trades_platform.testing import unique_topic
 from trades_platform.topic_reader import read_to_end, topic_partitions
 
+# Wire format, reads and claims must hold on the broker users run, not only on tansu.
+pytestmark = pytest.mark.both_brokers
+
 
 def _topic_with(broker: str, records: int) -> str:
     topic = unique_topic("reader")

@@ -27,6 +27,9 @@ from trades_platform.settings import KafkaSettings
 from trades_platform.testing import unique_topic
 from trades_platform.trade import CLOCK_MARGIN_MS
 
+# Wire format, reads and claims must hold on the broker users run, not only on tansu.
+pytestmark = pytest.mark.both_brokers
+
 DAY_US = 86_400_000_000
 
 

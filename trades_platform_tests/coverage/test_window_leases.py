@@ -25,6 +25,9 @@ from trades_platform.testing import unique_topic
 from trades_platform.topics import coverage_topic
 from trades_platform.trade import CLOCK_MARGIN_MS
 
+# Wire format, reads and claims must hold on the broker users run, not only on tansu.
+pytestmark = pytest.mark.both_brokers
+
 DAY_US = 86_400_000_000
 DAY_2 = (19_800 * DAY_US, 19_801 * DAY_US)
 DAY_3 = (19_801 * DAY_US, 19_802 * DAY_US)
