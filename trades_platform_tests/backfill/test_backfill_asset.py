@@ -67,6 +67,7 @@ def test_the_midnight_trade_is_where_the_tests_expect_it(market: SimulatedMarket
     assert market.time_us("BTC/USD", MIDNIGHT_ID) == int(MIDNIGHT.timestamp()) * 1_000_000
 
 
+@pytest.mark.both_brokers
 def test_partition_writes_exactly_its_days_trades_in_id_order(
     broker: str, simulator: SimulatorProcess, market: SimulatedMarket
 ) -> None:
@@ -178,6 +179,7 @@ def test_unknown_pair_fails_the_run_with_a_clear_message(broker: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.both_brokers
 def test_a_partition_run_twice_writes_its_day_once(
     broker: str, simulator: SimulatorProcess, market: SimulatedMarket
 ) -> None:
@@ -205,6 +207,7 @@ def test_a_partition_run_twice_writes_its_day_once(
 
 
 @pytest.mark.slow
+@pytest.mark.both_brokers
 def test_the_job_runs_the_asset_and_its_checks_for_one_partition(
     broker: str, simulator: SimulatorProcess, market: SimulatedMarket
 ) -> None:

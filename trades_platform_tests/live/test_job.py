@@ -67,6 +67,7 @@ def assert_every_trade_once_and_true_to_kraken(
         assert value["exchange"] == "kraken" and value["source"] in sources
 
 
+@pytest.mark.both_brokers
 def test_every_streamed_trade_lands_once(simulator: SimulatorProcess, broker: str) -> None:
     topic = unique_topic()
     with instance_for_test() as instance:
@@ -94,6 +95,7 @@ def test_every_streamed_trade_lands_once(simulator: SimulatorProcess, broker: st
 
 
 @pytest.mark.slow
+@pytest.mark.both_brokers
 def test_reconnects_mid_run_and_still_writes_each_trade_once(broker: str) -> None:
     topic = unique_topic()
     flags = ("--pairs", ",".join(PAIRS), "--trades-per-second", str(RATE))
@@ -243,6 +245,7 @@ def test_a_gap_longer_than_the_snapshot_is_healed_from_rest(broker: str) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.both_brokers
 def test_a_restarted_run_resumes_after_the_topic_without_repeats_or_holes(broker: str) -> None:
     topic = unique_topic()
     flags = ("--pairs", ",".join(PAIRS), "--trades-per-second", str(RATE))
