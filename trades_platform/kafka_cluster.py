@@ -35,7 +35,7 @@ SERVER_DIR = Path(__file__).parent / "kafka_server"
 POM = SERVER_DIR / "pom.xml"
 LOG_CONFIG = SERVER_DIR / "log4j2.yaml"
 # Outside git, beside .venv: the jars are fetched once per checkout (`make install`).
-JARS_DIR = Path(os.environ.get("KAFKA_JARS_DIR", Path(__file__).parent.parent / ".kafka" / "lib"))
+JARS_DIR = Path(__file__).parent.parent / ".kafka" / "lib"
 # Written after a complete fetch: the pom's hash, so a changed pom fetches again.
 _STAMP = ".pom-sha256"
 # A JVM per node on a 2-core machine: a small heap, one GC thread, little JIT.

@@ -143,6 +143,8 @@ def run_backfill(
     kraken: KrakenResource,
     redpanda: RedpandaResource,
     instance: DagsterInstance,
+    *,
+    raise_on_error: bool = True,
 ) -> ExecuteInProcessResult:
     """Materialize one partition of the backfill asset, in process."""
     return materialize(
@@ -150,6 +152,7 @@ def run_backfill(
         partition_key=partition_key,
         resources={"kraken": kraken, "redpanda": redpanda},
         instance=instance,
+        raise_on_error=raise_on_error,
     )
 
 
