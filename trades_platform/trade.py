@@ -31,6 +31,11 @@ CLOCK_MARGIN_MS = 10 * 60 * 1000
 MAX_TRADE_ID = 2**53 - 1
 # No trade on Kraken is older than this (2013-01-01 UTC).
 EARLIEST_TRADE_MS = 1_356_998_400_000
+# A pace no pair keeps up (Kraken's busiest trade a few hundred times a second at their peaks):
+# ids cannot run ahead of it, from 2013 to a trade's time nor from one trade to the next.
+MAX_TRADES_PER_SECOND = 10_000
+# Ids allowed on top of that pace: a burst, and the clocks' margin between two trades' times.
+MAX_ID_BURST = 1_000_000
 # What a WebSocket v2 pair name looks like; the settings, the parsers and the record check it.
 PAIR_PATTERN = r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$"
 
@@ -245,4 +250,18 @@ def implausible_reason(trade_id: object, timestamp_ms: object, latest_ms: int) -
         return f"timestamp_ms is not a whole number: {str(timestamp_ms)[:40]!r}"
     if not EARLIEST_TRADE_MS <= timestamp_ms <= latest_ms:
         return f"timestamp_ms {timestamp_ms} is before 2013 or in the future"
-    return None
+    # As if id 0 had traded in 2013: an id beyond what any pair could have counted up to by then.
+    jump = implausible_jump(trade_id, timestamp_ms, 0, EARLIEST_TRADE_MS)
+    return None if jump is None else f"more ids than any pair traded since 2013: {jump}"
+
+
+def implausible_jump(higher_id: int, higher_ms: int, lower_id: int, lower_ms: int) -> str | None:
+    """Why `higher_id` cannot follow `lower_id` of the same pair in that time, or None."""
+    seconds = max(higher_ms - lower_ms, 0) // 1000
+    allowed = MAX_TRADES_PER_SECOND * seconds + MAX_ID_BURST
+    if higher_id - lower_id <= allowed:
+        return None
+    return (
+        f"trade_id {higher_id} is {higher_id - lower_id} ids past {lower_id} in {seconds} s "
+        f"(at most {allowed}: {MAX_TRADES_PER_SECOND} trades a second and {MAX_ID_BURST} more)"
+    )

@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Valid
 from trades_platform.trade import (
     CLOCK_MARGIN_MS,
     EARLIEST_TRADE_MS,
+    MAX_ID_BURST,
     MAX_TRADE_ID,
+    MAX_TRADES_PER_SECOND,
     PAIR_PATTERN,
     OrderType,
     Side,
@@ -284,6 +286,12 @@ def _well_formed_trade(
         return None
     time_us = canonical_time_us(timestamp)
     if time_us is None or not _EARLIEST_TRADE_US <= time_us <= _latest_trade_us():
+        return None
+    # `implausible_reason`'s pace bound, inline: more ids than any pair could have had by then.
+    if (
+        trade_id
+        > MAX_TRADES_PER_SECOND * ((time_us - _EARLIEST_TRADE_US) // 1_000_000) + MAX_ID_BURST
+    ):
         return None
     return Trade.from_parts(
         pair=symbol,

@@ -45,6 +45,11 @@ def _poison(now_ms: int) -> list[tuple[bytes, str]]:
             b'{"pair": "BTC/USD", "trade_id": 9223372036854775808, "timestamp_ms": %d}' % now_ms,
             "out of range",
         ),
+        # Below 2**53, but more ids than 10,000 trades a second since 2013 could have made.
+        (
+            orjson.dumps({"pair": "BTC/USD", "trade_id": 2**53 - 1, "timestamp_ms": now_ms}),
+            "more ids than any pair traded since 2013",
+        ),
         (
             orjson.dumps({"pair": "BTC/USD", "trade_id": 12, "timestamp_ms": now_ms + day_ms}),
             "in the future",
@@ -127,6 +132,34 @@ def test_the_scan_skips_and_reports_each_poison_record(broker: str) -> None:
     for reason in reasons:
         assert reason in described, described
     assert all("offset" in sample.describe() for sample in btc.rejected.samples)
+
+
+def test_an_id_that_jumps_past_any_trading_pace_is_not_the_resume_point(broker: str) -> None:
+    """A plausible id on its own, but millions past the trade before it within a minute."""
+    topic = unique_topic("poison-jump")
+    admin = AdminClient({"bootstrap.servers": broker})
+    admin.create_topics([NewTopic(topic, 3, 1, config=TRADES_TOPIC_CONFIG)])[topic].result(30)
+    now_ms = int(time.time() * 1000)
+
+    def trade(trade_id: int, timestamp_ms: int) -> bytes:
+        return orjson.dumps({"pair": "BTC/USD", "trade_id": trade_id, "timestamp_ms": timestamp_ms})
+
+    producer = Producer({"bootstrap.servers": broker})
+    # Three real trades 30 s and 25 s apart, and among them (by time) one 2,000,000 ids past
+    # them: the next lower id, 5,000,200, is 5 s later, so it may be 1,000,000 ids past it.
+    for value in (
+        trade(5_000_000, now_ms - 60_000),
+        trade(5_000_100, now_ms - 30_000),
+        trade(7_000_100, now_ms - 10_000),
+        trade(5_000_200, now_ms - 5_000),
+    ):
+        producer.produce(topic, value, KEY)
+    assert producer.flush(30) == 0
+    btc = scan_topic_ids(KafkaSettings(broker_address=broker, topic=topic), ["BTC/USD"])["BTC/USD"]
+    assert list(btc.ids) == [(5_000_000, 5_000_000), (5_000_100, 5_000_100), (5_000_200, 5_000_200)]
+    assert btc.ids.highest == 5_000_200
+    assert btc.rejected.count == 1
+    assert "trade_id 7000100 is 1999900 ids past 5000200" in btc.rejected.describe()
 
 
 def test_a_live_run_on_a_poisoned_topic_writes_every_trade(broker: str) -> None:

@@ -220,8 +220,10 @@ def _in_a_day() -> str:
         ({"trade_id": 2**60}, "out of range"),
         ({"timestamp": "0001-01-01T00:00:00.000000Z"}, "before 2013 or in the future"),
         ({"timestamp": "future"}, "before 2013 or in the future"),
+        # Below 2**53, but more ids than 10,000 trades a second from 2013 to 2023 could make.
+        ({"trade_id": 2**52}, "more ids than any pair traded since 2013"),
     ],
-    ids=["id-past-2**53", "year-1", "a-day-ahead"],
+    ids=["id-past-2**53", "year-1", "a-day-ahead", "id-past-any-pace"],
 )
 def test_implausible_trades_are_rejected_on_the_websocket_path(
     change: dict[str, object], reason: str
@@ -242,8 +244,9 @@ def test_implausible_trades_are_rejected_on_the_websocket_path(
         (["1.0", "1.0", 1704153600.5, "b", "l", "", 2**60], "out of range"),
         (["1.0", "1.0", 1.5, "b", "l", "", 7], "before 2013"),
         (["1.0", "1.0", 4102444800.0, "b", "l", "", 7], "in the future"),
+        (["1.0", "1.0", 1704153600.5, "b", "l", "", 2**52], "more ids than any pair traded"),
     ],
-    ids=["id-past-2**53", "1970", "year-2100"],
+    ids=["id-past-2**53", "1970", "year-2100", "id-past-any-pace"],
 )
 def test_implausible_trades_are_rejected_on_the_rest_path(row: list[object], reason: str) -> None:
     verdict = parse_rest_row(row)
