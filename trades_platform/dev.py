@@ -1,7 +1,8 @@
 """The local platform in one command (`make run`): broker, Kraken or its simulator, Dagster.
 
 - Kafka: `KAFKA_BROKER_ADDRESS` when set (Redpanda from docker-compose/, a cluster...), else a
-  local tansu broker on 127.0.0.1:19092.
+  local tansu broker on 127.0.0.1:19092, or with `LOCAL_BROKER=kafka` a 3-node Apache Kafka
+  cluster on loopback (kafka_cluster.py; its data is gone when this command stops).
 - Kraken: `KRAKEN_WS_URL` / `KRAKEN_REST_URL` when set; else Kraken itself when it is reachable;
   else (offline, or `TRADES_PLATFORM_OFFLINE=1`) the bundled simulator on 127.0.0.1:8765.
 - Dagster: `dagster dev` (webserver on http://127.0.0.1:3000 and the daemon) with a project-local
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from trades_platform.kafka_cluster import KafkaCluster
 from trades_platform.local_broker import DEFAULT_PORT as BROKER_PORT
 from trades_platform.local_broker import LocalBroker, free_port, wait_for_port
 from trades_platform.processes import signal_group, stop_process
@@ -63,12 +65,16 @@ def prepare_dagster_home(project_root: Path = PROJECT_ROOT) -> Path:
 class DevStack:
     """Starts the pieces in order and stops them in reverse."""
 
-    def __init__(self, webserver_port: int, offline: bool, simulator_port: int) -> None:
+    def __init__(
+        self, webserver_port: int, offline: bool, simulator_port: int, local_broker: str = "tansu"
+    ) -> None:
         self.webserver_port = webserver_port
+        self.local_broker = local_broker
         self.simulator_port = simulator_port or free_port()
         self.offline = offline
         self.env = dict(os.environ)
         self._broker: LocalBroker | None = None
+        self._kafka: KafkaCluster | None = None
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.log_dir = PROJECT_ROOT / ".local" / "logs"
 
@@ -113,6 +119,12 @@ class DevStack:
     def _start_broker(self) -> None:
         if self.env.get("KAFKA_BROKER_ADDRESS"):
             print(f"Using the broker at {self.env['KAFKA_BROKER_ADDRESS']}", flush=True)
+            return
+        if self.local_broker == "kafka":
+            print("Starting a 3-node Apache Kafka cluster on loopback (about 20 s)...", flush=True)
+            self._kafka = KafkaCluster(nodes=3).start()
+            print(f"Started Apache Kafka on {self._kafka.bootstrap}", flush=True)
+            self.env["KAFKA_BROKER_ADDRESS"] = self._kafka.bootstrap
             return
         try:
             with socket.create_connection(("127.0.0.1", BROKER_PORT), timeout=1):
@@ -185,6 +197,8 @@ class DevStack:
             signal_group(process, signal.SIGKILL)
         if self._broker is not None:
             self._broker.stop()
+        if self._kafka is not None:
+            self._kafka.close()
 
 
 def _stop_on_sigterm(_signum: int, _frame: object) -> None:
@@ -206,8 +220,14 @@ def main() -> int:
     parser.add_argument(
         "--simulator-port", type=int, default=SIMULATOR_PORT, help="0 picks a free port"
     )
+    parser.add_argument(
+        "--local-broker",
+        choices=("tansu", "kafka"),
+        default=os.environ.get("LOCAL_BROKER") or "tansu",
+        help="the broker started when KAFKA_BROKER_ADDRESS is not set (env LOCAL_BROKER)",
+    )
     args = parser.parse_args()
-    stack = DevStack(args.port, args.offline, args.simulator_port)
+    stack = DevStack(args.port, args.offline, args.simulator_port, args.local_broker)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         stack.start()

@@ -3,7 +3,9 @@ it Running, trades land in the topic; a killed worker is replaced; a terminated 
 """
 
 import os
+import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -82,3 +84,33 @@ def test_run_command_keeps_one_live_run_alive(broker: str, tmp_path: Path) -> No
 
     records = read_topic(broker, topic)
     assert records and not duplicated_ids(records)
+
+
+@pytest.mark.kafka
+def test_run_command_can_start_apache_kafka_instead(tmp_path: Path) -> None:
+    """`LOCAL_BROKER=kafka make run`: a 3-node Kafka cluster is started, the live run writes to it,
+    and the launcher stops the cluster when it stops."""
+    env = {
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "KAFKA_BROKER_ADDRESS": "",
+        "LOCAL_BROKER": "kafka",
+        "KRAKEN_PAIRS": "BTC/USD",
+    }
+    with running_stack(env, tmp_path / "launcher.log") as stack:
+        started = re.search(r"Started Apache Kafka on (\S+)", stack.log_tail(200_000))
+        assert started, stack.log_tail(20_000)
+        bootstrap = started.group(1)
+        assert len(bootstrap.split(",")) == 3
+        records = wait_for(
+            "trades in the Kafka cluster's topic",
+            lambda: read_topic(bootstrap, "trades", expected=5, idle_seconds=1),
+            150,
+            stack,
+        )
+        assert not duplicated_ids(records)
+        process = stack.process
+    assert process.poll() is not None
+    # The cluster's JVMs went with the launcher: nothing listens on its first node any more.
+    host, port = bootstrap.split(",")[0].split(":")
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2).close()
