@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -122,7 +123,13 @@ class KafkaCluster:
     logs and data, and its path printed.
     """
 
-    def __init__(self, nodes: int = 3, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        nodes: int = 3,
+        directory: Path | None = None,
+        extra_properties: Mapping[str, object] | None = None,
+    ) -> None:
+        """`extra_properties`: server.properties on top of (or instead of) the cluster's own."""
         if nodes not in (1, 3):
             raise ValueError(f"a cluster of 1 or 3 nodes, not {nodes}")
         self._own_directory = directory is None
@@ -132,6 +139,7 @@ class KafkaCluster:
             KafkaNode(node_id, free_port(), free_port(), self.directory / f"node-{node_id}")
             for node_id in range(1, nodes + 1)
         ]
+        self._extra_properties = dict(extra_properties or {})
         self._formatted = False
         self._admin_client: AdminClient | None = None
 
@@ -283,6 +291,7 @@ class KafkaCluster:
             # A node that comes back is told its partitions' leaders soon after.
             "leader.imbalance.check.interval.seconds": 10,
         }
+        settings.update(self._extra_properties)
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
     def _format(self, node: KafkaNode, classpath: str) -> None:
