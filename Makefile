@@ -12,6 +12,9 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 SLOW_MARKERS := faults or browser or postgres or compose or stack or slow
 # The project name on the command line, not in the file: Debian's docker-compose 1.29 rejects `name:`.
 COMPOSE_ARGS := -p trades-platform -f $(COMPOSE_FILE)
+# Compose interpolates the whole file, and DAGSTER_PG_PASSWORD is required there (`${VAR:?}`):
+# targets that start no Postgres (Redpanda only, or `down`) pass a placeholder no container gets.
+WITHOUT_POSTGRES := DAGSTER_PG_PASSWORD="$${DAGSTER_PG_PASSWORD:-unused-no-postgres-started}"
 
 .PHONY: help install system-deps run dev test test-fast soak bench ruff typecheck format clean broker kafka simulator \
 	start-redpanda stop-redpanda start-platform stop-platform
@@ -72,12 +75,12 @@ simulator: install ## Run the Kraken simulator on 127.0.0.1:8765 in the foregrou
 	$(BIN)/python -m trades_platform.simulator --port 8765
 
 start-redpanda: ## Start Redpanda + Console with docker compose (needs a Docker engine)
-	$(COMPOSE) $(COMPOSE_ARGS) up -d redpanda console
+	$(WITHOUT_POSTGRES) $(COMPOSE) $(COMPOSE_ARGS) up -d redpanda console
 	@echo "Redpanda on 127.0.0.1:19092, Console on http://127.0.0.1:8080"
 	@echo "Point the platform at it: export KAFKA_BROKER_ADDRESS=localhost:19092"
 
 stop-redpanda: ## Stop Redpanda + Console
-	$(COMPOSE) $(COMPOSE_ARGS) down
+	$(WITHOUT_POSTGRES) $(COMPOSE) $(COMPOSE_ARGS) down
 
 start-platform: ## Production-like stack with Docker (needs DAGSTER_PG_PASSWORD): Redpanda, Console, Postgres, Dagster
 	@test -n "$$DAGSTER_PG_PASSWORD" || { echo "Set DAGSTER_PG_PASSWORD (the instance database's password; it has no default)"; exit 1; }
@@ -86,7 +89,7 @@ start-platform: ## Production-like stack with Docker (needs DAGSTER_PG_PASSWORD)
 	@echo "Logs: $(COMPOSE) $(COMPOSE_ARGS) --profile platform logs -f dagster-daemon trades-platform-code"
 
 stop-platform: ## Stop the stack of start-platform (volumes kept; add -v to the command to drop them)
-	$(COMPOSE) $(COMPOSE_ARGS) --profile platform down
+	$(WITHOUT_POSTGRES) $(COMPOSE) $(COMPOSE_ARGS) --profile platform down
 
 clean: ## Remove the venv, local Dagster home, logs and caches
 	rm -rf $(VENV) .dagster_home .local .pytest_cache .ruff_cache test-artifacts *.egg-info
