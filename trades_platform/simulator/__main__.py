@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count,
         metavar="N",
         help="after every N-th trade frame, send one hostile frame: invalid UTF-8 in a text "
-        "frame, an item nested 1000 deep, or a frame of 50,000 junk items (in turn)",
+        "frame, an item nested 1000 deep, or a frame of 349,500 junk items, just under 1 MiB "
+        "(in turn)",
     )
     faults.add_argument(
         "--slow-message-every-frames",

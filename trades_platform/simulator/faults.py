@@ -32,7 +32,9 @@ HOSTILE_KINDS: tuple[str, ...] = (
     # One frame of JUNK_ITEMS items that are all invalid: a flood of rejections from one frame.
     "junk_items",
 )
-JUNK_ITEMS = 50_000
+# 349,500 empty objects ("{}", 3 bytes with the comma): a junk frame of just under 1 MiB
+# (1,048,544 bytes), the size of frame that gave issue 12 its 520,000 warning events.
+JUNK_ITEMS = 349_500
 # The slow-message fault sends a heartbeat message this long, one character per fragment...
 SLOW_MESSAGE_CHARACTERS = 60
 # ...this many seconds apart: 30 s for the message, far past any client's watchdog.

@@ -7,6 +7,7 @@ suite reports (`pytest -m faults -s`).
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,10 @@ from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.partitions import PartitionWindow
 from trades_platform.coverage.claims import ClaimBoard, TailClaim
 from trades_platform.id_counts import IdCount
+from trades_platform.kraken.websocket import (
+    REJECTION_LOG_INTERVAL_SECONDS,
+    REJECTIONS_LOGGED_PER_INTERVAL,
+)
 from trades_platform.live.job import live_trades_job
 from trades_platform.local_broker import LocalBroker, free_port
 from trades_platform.resources import KrakenResource, RedpandaResource
@@ -52,6 +57,8 @@ DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
 LIVE_PAIRS = ["BTC/USD", "ETH/USD"]
 LIVE_RATE = 25.0
+# The live runs report progress every second.
+PROGRESS_INTERVAL_SECONDS = 1
 LIVE_JOB_COMMAND = ["job", "execute", "-m", "trades_platform.definitions", "-j", "live_trades_job"]
 # The backfill tests' rate: about 9,900 trades per pair and day, ten 1000-trade pages.
 BACKFILL_RATE = 0.115053
@@ -94,7 +101,8 @@ def live_flags(
 
 def live_config(**config: object) -> dict[str, Any]:
     """Run config of `live_trades_job`, logging progress every second."""
-    return {"ops": {"stream_live_trades": {"config": {"progress_interval_seconds": 1, **config}}}}
+    config = {"progress_interval_seconds": PROGRESS_INTERVAL_SECONDS, **config}
+    return {"ops": {"stream_live_trades": {"config": config}}}
 
 
 def live_kraken(simulator: SimulatorProcess, **settings: Any) -> KrakenResource:
@@ -170,6 +178,91 @@ def run_messages(instance: DagsterInstance, run_id: str) -> list[str]:
 def run_totals(instance: DagsterInstance, run_id: str) -> dict[str, int | float]:
     """The live run's counters (`LiveProgress.totals`), as its op logged them when it stopped."""
     return live_run_totals(run_messages(instance, run_id))
+
+
+# A live run's event log outside its progress, gap and rejection lines and its reconnects:
+# run and step events, resources, the pairs' claims, the first connection, the stop and totals.
+# Measured 18 to 20 entries in the hostile, slow, giant and backwards scenarios (tansu, 2 cores),
+# where one line per rejected item would be 349,500 more, one per slow-message fragment 10, one
+# per heal REST call 19 and one per backdated trade 128.
+LIVE_RUN_LOG_OVERHEAD = 25
+# A reconnect costs one "connection lost" warning and the new connection's two info lines.
+LOG_ENTRIES_PER_RECONNECT = 3
+
+
+@dataclass(frozen=True)
+class EventLogCensus:
+    """A live run's event log, sorted by the kinds of entry a fault could multiply."""
+
+    entries: list[str]
+    # Rejections logged one line each, and the per-interval lines counting the rest.
+    rejections_one_by_one: list[str]
+    rejection_summaries: list[str]
+    # "Kraken connection lost (...); reconnect #n": one per reconnect.
+    connections_lost: list[str]
+    # One progress line per PROGRESS_INTERVAL_SECONDS: time-driven, whatever the input.
+    progress: list[str]
+    # "PAIR: N trade(s) missed, ids A..B": one DEBUG line per id gap the feed left
+    # (`KrakenTradeStream._note_gap`), so it grows with what a lossy feed leaves out.
+    gaps: list[str]
+
+    @property
+    def others(self) -> int:
+        """Entries that are no rejection, progress or gap line (reconnects' lines included)."""
+        counted = (self.rejections_one_by_one, self.rejection_summaries, self.progress, self.gaps)
+        return len(self.entries) - sum(len(kind) for kind in counted)
+
+
+_PROGRESS_LINE = re.compile(r"\d+\.\d trades/s; ")
+_GAP_LINE = re.compile(r"\S+: \d+ trade\(s\) missed, ids \d+\.\.\d+$")
+
+
+def event_log_census(messages: Sequence[str]) -> EventLogCensus:
+    """Sort a live run's log messages (`run_messages`) into the kinds of `EventLogCensus`."""
+    return EventLogCensus(
+        entries=list(messages),
+        rejections_one_by_one=[m for m in messages if m.startswith("Skipped bad Kraken input")],
+        rejection_summaries=[
+            m for m in messages if m.startswith("Skipped ") and "without logging each" in m
+        ],
+        connections_lost=[m for m in messages if m.startswith("Kraken connection lost")],
+        progress=[m for m in messages if _PROGRESS_LINE.match(m)],
+        gaps=[m for m in messages if _GAP_LINE.match(m)],
+    )
+
+
+def assert_event_log_bounded(
+    messages: Sequence[str], totals: dict[str, int | float]
+) -> EventLogCensus:
+    """The live run's event log stayed small, whatever the feed sent (`totals`: its counters).
+
+    Rejections: one line each up to the budget per interval, then one summary per interval,
+    however many there were (a 1 MiB junk frame is 349,500). Reconnects: one "connection lost"
+    line each and the new connection's lines. Progress: one line per interval. Everything else
+    at most LIVE_RUN_LOG_OVERHEAD entries: a few dozen entries in all, where logging each
+    rejected item, each frame fragment, each REST call or each healed trade adds hundreds.
+    The per-gap DEBUG lines are only checked to be one per gap: they are not bounded.
+    """
+    census = event_log_census(messages)
+    seconds = totals["seconds"]
+    intervals = int(seconds // REJECTION_LOG_INTERVAL_SECONDS) + 1
+    one_by_one = len(census.rejections_one_by_one)
+    assert one_by_one <= REJECTIONS_LOGGED_PER_INTERVAL * intervals, one_by_one
+    assert len(census.rejection_summaries) <= intervals, census.rejection_summaries
+    assert len(census.connections_lost) <= totals["reconnects"], census.connections_lost
+    # The reports while running, and the stop's.
+    assert len(census.progress) <= seconds / PROGRESS_INTERVAL_SECONDS + 2, len(census.progress)
+    assert len(census.gaps) <= totals["gaps"], (len(census.gaps), totals)
+    allowed = LIVE_RUN_LOG_OVERHEAD + LOG_ENTRIES_PER_RECONNECT * int(totals["reconnects"])
+    assert census.others <= allowed, (census.others, allowed, messages[-60:])
+    print(
+        f"[faults] event log: {len(messages)} entries for {totals['dead_lettered']} rejections "
+        f"and {totals['reconnects']} reconnects in {seconds}s: {one_by_one} + "
+        f"{len(census.rejection_summaries)} rejection lines, {len(census.progress)} progress, "
+        f"{len(census.gaps)} gap lines, {census.others} others (bound {allowed})",
+        flush=True,
+    )
+    return census
 
 
 def day_ids(market: SimulatedMarket, partition_key: str) -> list[int]:

@@ -9,11 +9,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from dagster import DagsterInstance
 
-from trades_platform.kraken.websocket import (
-    MAX_REASON_CHARS,
-    REJECTION_LOG_INTERVAL_SECONDS,
-    REJECTIONS_LOGGED_PER_INTERVAL,
-)
+from trades_platform.kraken.websocket import MAX_REASON_CHARS
 from trades_platform.resources import RedpandaResource
 from trades_platform.simulator.faults import JUNK_ITEMS
 from trades_platform.simulator.market import SimulatedMarket
@@ -28,6 +24,7 @@ from trades_platform.testing import (
 from trades_platform_tests.faults.conftest import (
     LIVE_PAIRS,
     LIVE_RATE,
+    assert_event_log_bounded,
     assert_exactly_once,
     live_flags,
     live_kraken,
@@ -267,10 +264,12 @@ def test_rate_limit_storm_during_a_heal(broker: str, dagster_instance: DagsterIn
 def test_hostile_frames_are_dead_lettered_and_the_event_log_stays_bounded(
     broker: str, dagster_instance: DagsterInstance
 ) -> None:
-    """Invalid UTF-8 in a text frame, an item nested 1000 deep, a frame of 50,000 junk items:
-    the run survives, loses no good trade, and logs a bounded number of warnings."""
+    """Invalid UTF-8 in a text frame, an item nested 1000 deep, a 1 MiB frame of 349,500 junk
+    items: the run survives, loses no good trade, and logs a bounded number of warnings."""
+    # Parsing a junk frame takes the client about 5 s (349,500 items checked and rejected), so
+    # the feed is behind by up to that (plus a margin for a busy machine) when the run ends.
     run = _run_with_frame_faults(
-        broker, dagster_instance, "hostile", "--hostile-every-frames", "20"
+        broker, dagster_instance, "hostile", "--hostile-every-frames", "50", behind_seconds=15
     )
     topic, trades, stats, totals = run.topic, run.trades, run.stats, run.totals
     # Every kind was sent at least once, the junk frames too.
@@ -287,17 +286,14 @@ def test_hostile_frames_are_dead_lettered_and_the_event_log_stays_bounded(
         sent=run.sent,
     )
     messages = run_messages(dagster_instance, run.run_id)
-    one_by_one = [m for m in messages if m.startswith("Skipped bad Kraken input")]
-    summaries = [m for m in messages if m.startswith("Skipped ") and "without logging each" in m]
-    minutes = int(totals["seconds"] // REJECTION_LOG_INTERVAL_SECONDS) + 1
-    # Tens of thousands of rejections, a few dozen lines.
-    assert len(one_by_one) <= REJECTIONS_LOGGED_PER_INTERVAL * minutes, len(one_by_one)
-    assert 1 <= len(summaries) <= minutes, summaries
-    assert len(messages) < 1_000, len(messages)
+    # Hundreds of thousands of rejections, a few dozen lines.
+    census = assert_event_log_bounded(messages, totals)
+    one_by_one, summaries = census.rejections_one_by_one, census.rejection_summaries
+    assert summaries, "no rejection went uncounted in a summary line"
     reasons = " ".join(one_by_one)
     assert "not valid UTF-8" in reasons and "[[[...]]]" in reasons, reasons[:2000]
     dead = _read_dead_letters(broker, f"{topic}.dlq")
-    # A junk frame costs the dead-letter topic its first items and one summary, not 50,000.
+    # A junk frame costs the dead-letter topic its first items and one summary, not 349,500.
     assert len(dead) < 200 * stats["hostile_frames_sent"], len(dead)
     assert any("more bad items in one frame" in str(value["reason"]) for value in dead)
     assert all(len(str(value["reason"])) <= MAX_REASON_CHARS for value in dead)
@@ -332,6 +328,7 @@ def test_a_message_too_slow_or_too_big_costs_a_reconnect_not_the_run(
     assert any(reason in message for message in lost), lost
     # No reconnect waited for the whole slow message: each came within the watchdog's reach.
     assert totals["lag_p99_seconds"] < 15, totals
+    assert_event_log_bounded(run_messages(dagster_instance, run.run_id), totals)
     records = read_topic(broker, run.topic, expected=run.trades)
     assert_exactly_once(
         records,

@@ -25,6 +25,7 @@ from trades_platform.testing import (
     TopicRecord,
     cli_env,
     grace_backlog,
+    live_run_totals,
     read_topic,
     unique_topic,
 )
@@ -33,6 +34,7 @@ from trades_platform_tests.faults.conftest import (
     LIVE_PAIRS,
     LIVE_RATE,
     CliRun,
+    assert_event_log_bounded,
     assert_exactly_once,
     backfill_command,
     backfill_kraken,
@@ -192,10 +194,12 @@ def test_a_gap_whose_time_runs_backwards_is_healed(
         ended_us = wall_us(seconds_ago=5)
         stats = sim.stats()
         sent = trades_sent(sim)
-    totals = run_totals(dagster_instance, result.run_id)
+    messages = run_messages(dagster_instance, result.run_id)
+    totals = live_run_totals(messages)
     assert result.success
     assert stats["trades_backdated"] > 50, stats
     assert totals["healed"] > 50 and totals["handed_back"] == 0, totals
+    assert_event_log_bounded(messages, totals)
     records = read_topic(broker, topic)
     market = SimulatedMarket(LIVE_PAIRS, 25.0)
     assert_exactly_once(
