@@ -193,17 +193,29 @@ class KrakenSettings(SettingsGroup):
         description="Client-side pace of REST calls (Kraken's public limit is about 1/s per IP)",
     )
     rest_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of a REST call")
+    # Bounded; and one call, its retries and waits included, ends at its time budget
+    # (kraken.rest.MAX_CALL_SECONDS): the backfill's runtime bound is checked between calls only.
     rest_max_retries: int = Field(
-        default=5, ge=0, description="Retries of a REST call after network errors, 5xx, EService"
+        default=5,
+        ge=0,
+        le=20,
+        description="Retries of a REST call after network errors, 5xx, EService",
     )
     rest_max_rate_limit_retries: int = Field(
-        default=30, ge=0, description="Retries of a REST call after rate-limit answers"
+        default=30,
+        ge=0,
+        le=100,
+        description="Retries of a REST call after rate-limit answers (a call ends anyway at its "
+        "time budget, kraken.rest.MAX_CALL_SECONDS)",
     )
     rest_backoff_initial_seconds: float = Field(
-        default=1.0, ge=0, description="First back-off of a retried REST call"
+        default=1.0, ge=0, le=60, description="First back-off of a retried REST call"
     )
     rest_backoff_max_seconds: float = Field(
-        default=60.0, ge=0, description="Longest back-off of a retried REST call"
+        default=60.0,
+        ge=0,
+        le=120,
+        description="Longest back-off of a retried REST call, and the longest Retry-After honoured",
     )
     rest_page_size: int = Field(
         default=KRAKEN_MAX_PAGE_SIZE,

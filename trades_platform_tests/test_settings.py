@@ -30,6 +30,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trades_platform"
         ("KAFKA_SECURITY_PROTOCOL", "TLS", "'PLAINTEXT', 'SSL', 'SASL_PLAINTEXT' or 'SASL_SSL'"),
         ("KRAKEN_WATCHDOG_SECONDS", "soon", "valid number"),
         ("BACKFILL_START_DATE", "June 1st", "valid date"),
+        # REST retries are bounded (and one call by MAX_CALL_SECONDS in all).
+        ("KRAKEN_REST_MAX_RATE_LIMIT_RETRIES", "1000", "less than or equal to 100"),
+        ("KRAKEN_REST_BACKOFF_MAX_SECONDS", "300", "less than or equal to 120"),
     ],
 )
 def test_a_bad_value_fails_the_definitions_at_load_naming_the_variable(

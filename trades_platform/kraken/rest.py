@@ -7,8 +7,9 @@ parsed by `kraken.protocol.parse_rest_row`, the one REST row parser.
 
 What the network sends is bounded (a hostile or broken server, or a proxy, must not hang or
 exhaust a run): redirects are refused, not followed; an answer's body is read up to
-`MAX_ANSWER_BYTES` decoded bytes and cut off `timeout_seconds` after the call began; a
-`Retry-After` is honoured up to `backoff_max_seconds`; and a window fails after
+`MAX_ANSWER_BYTES` decoded bytes and cut off `timeout_seconds` after the attempt began; a
+`Retry-After` is honoured up to `backoff_max_seconds`; one call, its retries and waits
+included, fails once it has taken `MAX_CALL_SECONDS`; and a window fails after
 `MAX_PAGES_WITHOUT_PROGRESS` full pages in a row with no new trade id, or after
 `MAX_PAGES_PER_WINDOW` pages.
 """
@@ -44,6 +45,8 @@ _UNKNOWN_PAIR_ERROR = "EQuery:Unknown asset pair"
 # stops a gzip bomb (a small compressed body that inflates to gigabytes) after 8 MiB of memory.
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 _READ_CHUNK_BYTES = 64 * 1024  # decoded bytes per read: the cap is overshot by at most this
+# requests refuses a timeout of 0: an attempt with no time left still gets this much per read.
+_MIN_SOCKET_TIMEOUT_SECONDS = 0.01
 # 20,000 pages of 1000 (the default page size) are 20 million trades in one window, a day: 230
 # trades a second all day long, far beyond any Kraken pair. A run still paging then is fed by a
 # server that never ends the window, and fails instead of paging for ever.
@@ -51,9 +54,16 @@ MAX_PAGES_PER_WINDOW = 20_000
 # Full pages in a row that bring no trade id not seen before: a server that moves `last` on by a
 # nanosecond while repeating its rows would otherwise keep a window paging for ever.
 MAX_PAGES_WITHOUT_PROGRESS = 3
+# The longest one call may take, its attempts, retries and their waits included: 10 minutes.
+# Retries alone allow far more (30 rate-limit answers with back-offs of up to 60 s are up to
+# 25 minutes), and the backfill checks its runtime bound only between pages, so a call must end
+# by itself. No retry starts whose wait would pass it, and the last attempt gets only what is
+# left of it; then the call fails with KrakenRestError naming this bound.
+MAX_CALL_SECONDS = 600.0
 
 __all__ = [
     "MAX_ANSWER_BYTES",
+    "MAX_CALL_SECONDS",
     "MAX_PAGES_PER_WINDOW",
     "MAX_PAGES_WITHOUT_PROGRESS",
     "MAX_PAGE_SIZE",
@@ -87,12 +97,13 @@ class RestSettings:
     url: str = default_of(KrakenSettings, "rest_url")
     # Kraken's public limit is about one call per second per IP (and, for Trades, per pair).
     requests_per_second: float = default_of(KrakenSettings, "rest_requests_per_second")
-    # Bounds connecting and each socket read; and the whole call: a body still arriving this long
-    # after the request went out is cut off (see _Deadline).
+    # Bounds connecting and each socket read; and the whole attempt: a body still arriving this
+    # long after the request went out is cut off (see _Deadline).
     timeout_seconds: float = default_of(KrakenSettings, "rest_timeout_seconds")
     # Network errors, HTTP 5xx and EService errors, per request.
     max_retries: int = default_of(KrakenSettings, "rest_max_retries")
-    # Rate-limit answers, per request: they only slow a run down, so allow many more.
+    # Rate-limit answers, per request: they only slow a run down, so allow many more (within
+    # MAX_CALL_SECONDS).
     max_rate_limit_retries: int = default_of(KrakenSettings, "rest_max_rate_limit_retries")
     backoff_initial_seconds: float = default_of(KrakenSettings, "rest_backoff_initial_seconds")
     # Also the longest `Retry-After` honoured.
@@ -167,6 +178,10 @@ class Pacer:
     def push_back(self, seconds: float) -> None:
         """Hold the next call back at least `seconds` from now (after a rate-limit answer)."""
         self._next_at = max(self._next_at or 0.0, self._clock() + seconds)
+
+    def pending(self) -> float:
+        """The seconds `wait` would sleep now."""
+        return 0.0 if self._next_at is None else max(0.0, self._next_at - self._clock())
 
 
 class _Retry(Exception):
@@ -378,14 +393,16 @@ class KrakenRestClient:
     # --- HTTP ------------------------------------------------------------------------------
 
     def _get(self, endpoint: str, params: dict[str, str]) -> Any:
-        """GET /0/public/<endpoint>: paced, retried; returns `result` or raises."""
+        """GET /0/public/<endpoint>: paced, retried, within MAX_CALL_SECONDS; `result` or raises."""
         url = f"{self.settings.url.rstrip('/')}/0/public/{endpoint}"
+        began = time.monotonic()
         failures = rate_limited = 0
         while True:
             self.stats.seconds_waited += self._pacer.wait()
             self.stats.requests += 1
+            left = MAX_CALL_SECONDS - (time.monotonic() - began)
             try:
-                return self._paced_attempt(url, endpoint, params)
+                return self._paced_attempt(url, endpoint, params, left)
             except _Retry as retry:
                 if retry.rate_limited:
                     rate_limited += 1
@@ -400,26 +417,41 @@ class KrakenRestClient:
                         f"{endpoint} {params}: giving up after {attempt} attempts: {retry.reason}"
                     ) from None
                 delay = max(self._backoff(attempt), retry.retry_after or 0.0)
-                self._log.warning(
-                    f"{endpoint} {params}: {retry.reason}; retry {attempt}/{limit} in {delay:.2f}s"
-                )
                 # Through the pacer, so the wait also holds back whatever call comes next.
                 self._pacer.push_back(delay)
+                spent = time.monotonic() - began
+                wait = self._pacer.pending()
+                if spent + wait >= MAX_CALL_SECONDS:
+                    raise KrakenRestError(
+                        f"{endpoint} {params}: giving up after {failures + rate_limited} "
+                        f"attempts in {spent:.1f}s: a retry in {wait:.2f}s would pass the "
+                        f"call's time budget of {MAX_CALL_SECONDS:g}s (MAX_CALL_SECONDS, retries "
+                        f"and waits included); last: {retry.reason}"
+                    ) from None
+                self._log.warning(
+                    f"{endpoint} {params}: {retry.reason}; retry {attempt}/{limit} in {wait:.2f}s"
+                )
 
-    def _paced_attempt(self, url: str, endpoint: str, params: dict[str, str]) -> Any:
+    def _paced_attempt(
+        self, url: str, endpoint: str, params: dict[str, str], left_seconds: float
+    ) -> Any:
         try:
-            return self._attempt(url, endpoint, params)
+            return self._attempt(url, endpoint, params, left_seconds)
         finally:
             self._pacer.done()
 
-    def _attempt(self, url: str, endpoint: str, params: dict[str, str]) -> Any:
-        deadline = _Deadline(self.settings.timeout_seconds)
+    def _attempt(self, url: str, endpoint: str, params: dict[str, str], left_seconds: float) -> Any:
+        # The attempt's deadline; shorter when it is all that is left of the call's time budget.
+        if left_seconds < self.settings.timeout_seconds:
+            deadline = _Deadline(max(left_seconds, 0.0), "what was left of MAX_CALL_SECONDS")
+        else:
+            deadline = _Deadline(self.settings.timeout_seconds)
         try:
             try:
                 response = self._session.get(
                     url,
                     params=params,
-                    timeout=self.settings.timeout_seconds,
+                    timeout=max(deadline.seconds, _MIN_SOCKET_TIMEOUT_SECONDS),
                     # A redirect could lead anywhere, https to plain http included: refuse it.
                     allow_redirects=False,
                     # Read the body here, bounded in size and time, not all at once in `get`.
@@ -519,8 +551,11 @@ class _Deadline:
     per-read timeout only, and a deadline passed meanwhile fails the attempt once it arrives.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(
+        self, seconds: float, bound: str = "timeout_seconds, the deadline of the whole attempt"
+    ) -> None:
         self.seconds = seconds
+        self._bound = bound
         self._lock = threading.Lock()
         self._response: requests.Response | None = None
         self._passed = False
@@ -537,8 +572,7 @@ class _Deadline:
     def retry(self) -> _Retry:
         """The failure of an attempt whose deadline passed."""
         return _Retry(
-            f"no complete answer within {self.seconds:g}s (timeout_seconds, the deadline of "
-            "the whole call); cut off",
+            f"no complete answer within {self.seconds:g}s ({self._bound}); cut off",
             rate_limited=False,
         )
 

@@ -252,3 +252,54 @@ def test_retry_after_is_honoured_only_up_to_the_longest_backoff() -> None:
     assert stats.rate_limit_waits == 1
     assert 0.25 < stats.seconds_waited < 1.0
     assert elapsed < 3
+
+
+def test_endless_rate_limit_answers_end_at_the_calls_time_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every answer a 429: the call fails once its retries and waits reach MAX_CALL_SECONDS,
+    long before its rate-limit retries run out, with an error naming the budget."""
+    # 10 minutes take too long for a test: the same bound, lowered to 1.5 s.
+    monkeypatch.setattr(rest, "MAX_CALL_SECONDS", 1.5)
+    rate_limited = (429, b'{"error":["EAPI:Rate limit exceeded"]}', {"Retry-After": "3600"})
+    server = ScriptedHttpServer([rate_limited] * 1000)
+    try:
+        began = time.monotonic()
+        with (
+            _client(server.url, backoff_max_seconds=0.2, max_rate_limit_retries=100) as client,
+            pytest.raises(
+                KrakenRestError,
+                match=r"AssetPairs \{\}: giving up after \d+ attempts in 1\.\ds: a retry in "
+                r"0\.\d+s would pass the call's time budget of 1\.5s \(MAX_CALL_SECONDS, retries "
+                r"and waits included\); last: rate limited \(HTTP 429",
+            ),
+        ):
+            client.rest_pair(PAIR)
+        elapsed = time.monotonic() - began
+        stats = client.stats
+    finally:
+        server.close()
+    # Each wait is the longest back-off (Retry-After capped at 0.2 s): about 7 of them, not 100.
+    assert 1.5 - 0.25 < elapsed < 1.5 + 1
+    assert 5 <= stats.rate_limit_waits == len(server.queries) <= 10
+    assert stats.requests == len(server.queries)
+
+
+def test_the_last_attempt_gets_only_what_is_left_of_the_calls_time_budget(
+    monkeypatch: pytest.MonkeyPatch, simulator: SimulatorProcess
+) -> None:
+    """A body trickled past the budget is cut at the budget, not after timeout_seconds more."""
+    monkeypatch.setattr(rest, "MAX_CALL_SECONDS", 1.0)
+    with _client(simulator.rest_url) as client:
+        client.rest_pair(PAIR)
+        simulator.set_faults(rest_trickle_bytes_per_second=100)
+        began = time.monotonic()
+        with pytest.raises(
+            KrakenRestError,
+            match=r"time budget of 1s .*; last: no complete answer within 0\.9\d*s \(what was "
+            r"left of MAX_CALL_SECONDS\); cut off",
+        ):
+            client.trades_since(PAIR, _us(datetime(2024, 3, 1, tzinfo=UTC)))
+        elapsed = time.monotonic() - began
+    # timeout_seconds is 2 s: the budget ended the attempt first, and no retry followed it.
+    assert 0.9 < elapsed < TIMEOUT_SECONDS
