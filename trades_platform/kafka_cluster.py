@@ -128,8 +128,11 @@ class KafkaCluster:
         nodes: int = 3,
         directory: Path | None = None,
         extra_properties: Mapping[str, object] | None = None,
+        advertised_ports: Mapping[int, int] | None = None,
     ) -> None:
-        """`extra_properties`: server.properties on top of (or instead of) the cluster's own."""
+        """`extra_properties`: server.properties on top of (or instead of) the cluster's own.
+        `advertised_ports`: node id -> the port clients are told to reach it on (a proxy's).
+        """
         if nodes not in (1, 3):
             raise ValueError(f"a cluster of 1 or 3 nodes, not {nodes}")
         self._own_directory = directory is None
@@ -140,6 +143,7 @@ class KafkaCluster:
             for node_id in range(1, nodes + 1)
         ]
         self._extra_properties = dict(extra_properties or {})
+        self._advertised_ports = dict(advertised_ports or {})
         self._formatted = False
         self._admin_client: AdminClient | None = None
 
@@ -268,7 +272,8 @@ class KafkaCluster:
             "controller.quorum.voters": voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:"
             f"{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            "advertised.listeners": "PLAINTEXT://127.0.0.1:"
+            f"{self._advertised_ports.get(node.node_id, node.port)}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",

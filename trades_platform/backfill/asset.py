@@ -11,7 +11,11 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
 from trades_platform.coverage.claims import ClaimBoard, ObservedClaim
-from trades_platform.coverage.coverage_log import POLL_SECONDS, rejected_warning
+from trades_platform.coverage.coverage_log import (
+    POLL_SECONDS,
+    POSSIBLY_PERSISTED_SECONDS,
+    rejected_warning,
+)
 from trades_platform.coverage.topic_ids import rejected_warnings, scan_topic_ids
 from trades_platform.coverage.window_leases import (
     BACKFILL_PAGE_BOUND_SECONDS,
@@ -23,10 +27,10 @@ from trades_platform.coverage.window_leases import (
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.kraken.protocol import RestTradeRow
 from trades_platform.kraken.rest import KrakenRestClient
-from trades_platform.producer import TradeProducer
+from trades_platform.producer import DeliveryError, TradeProducer
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.settings import BackfillSettings, KafkaSettings, from_environment
-from trades_platform.trade import format_time_us
+from trades_platform.trade import Trade, format_time_us
 
 # Log progress every this many pages: about every 10 s at Kraken's 1 call/s.
 PROGRESS_EVERY_PAGES = 10
@@ -240,10 +244,36 @@ class WindowBackfill:
         written = writer.write(
             row.to_trade(self.window.pair, "backfill", received_ms) for row in allowed
         )
-        writer.producer.flush(BACKFILL_PAGE_BOUND_SECONDS)
+        try:
+            writer.producer.flush(BACKFILL_PAGE_BOUND_SECONDS)
+        except DeliveryError as error:
+            raise self._after_unacknowledged_page(written, error) from error
         self.summary.written += len(written)
         self.summary.already_present += writer.skipped_present - before_present
         self.summary.left_to_live = len(self._left)
+
+    def _after_unacknowledged_page(self, sent: list[Trade], error: DeliveryError) -> DeliveryError:
+        """Keep the lease while a page the producer gave up on may still land; say what did.
+
+        The broker may commit such a page later ("possibly persisted"): releasing the lease at
+        once would let the next backfill scan before it lands and write its ids again.
+        """
+        self._log.warning(
+            f"{self.window.describe()}: a page of {len(sent)} trades was not acknowledged "
+            f"({error}); the broker may still commit it, so this run keeps its lease for "
+            f"{POSSIBLY_PERSISTED_SECONDS:.0f}s before it fails"
+        )
+        time.sleep(POSSIBLY_PERSISTED_SECONDS)
+        try:
+            in_topic = scan_topic_ids(self.settings, [self.window.pair])[self.window.pair].ids
+            landed = str(sum(trade.trade_id in in_topic for trade in sent))
+        except Exception as scan_error:  # the broker may still be out of reach: report, go on
+            landed = f"an unknown number ({scan_error})"
+        return DeliveryError(
+            f"{error}; {landed} of the page's {len(sent)} trades were in the topic "
+            f"{POSSIBLY_PERSISTED_SECONDS:.0f}s later. Re-run the partition: only missing ids "
+            "are written"
+        )
 
     def _claims_after_catching_up(self, writer: DeduplicatingWriter) -> list[ObservedClaim]:
         """The pair's live claims that are not over, after reading the topic again if one ended.

@@ -36,6 +36,7 @@ from confluent_kafka import KafkaException, Producer
 
 from trades_platform.coverage.coverage_log import (
     POLL_SECONDS,
+    POSSIBLY_PERSISTED_SECONDS,
     CoverageLogReader,
     Heartbeater,
     HeartbeatWatch,
@@ -63,8 +64,8 @@ CLAIM_HEARTBEAT_ACK_SECONDS = 5.0
 # a broker out of reach for up to about 25 s (two heartbeats lost) costs the claim nothing.
 CLAIM_STANDING_SECONDS = 35.0
 # After claiming, the live writer waits this long, then re-reads the topic: any backfill page that
-# started before the claim was visible has landed or failed by then.
-CLAIM_GRACE_SECONDS = 2 * BACKFILL_PAGE_BOUND_SECONDS
+# started before the claim was visible has landed by then, or failed and will never land.
+CLAIM_GRACE_SECONDS = 2 * BACKFILL_PAGE_BOUND_SECONDS + POSSIBLY_PERSISTED_SECONDS
 # Handed-back ranges a claim carries at most; past it, the oldest two are merged (see hand_back).
 MAX_HANDED_BACK_RANGES = 500
 
@@ -73,12 +74,14 @@ def claim_lease_seconds(delivery_timeout_ms: int) -> float:
     """How long a watcher must see a live writer's heartbeat stand still to presume it over.
 
     The writer's last write starts at most CLAIM_STANDING_SECONDS after its last counted heartbeat
-    and lands or fails within its producer's delivery timeout; heartbeats are seen within the ack
-    bound plus a poll. ARCHITECTURE.md has the argument.
+    and lands or fails within its producer's delivery timeout (a failed one may still land within
+    POSSIBLY_PERSISTED_SECONDS); heartbeats are seen within the ack bound plus a poll.
+    ARCHITECTURE.md has the argument.
     """
     return (
         CLAIM_STANDING_SECONDS
         + delivery_timeout_ms / 1000
+        + POSSIBLY_PERSISTED_SECONDS
         + CLAIM_HEARTBEAT_ACK_SECONDS
         + POLL_SECONDS
         + CLAIM_HEARTBEAT_SECONDS / 2

@@ -37,6 +37,13 @@ logger = logging.getLogger(__name__)
 
 # How often a waiter reads the coverage log again.
 POLL_SECONDS = 1.0
+# A write the producer gave up on (delivery timeout) is "possibly persisted": the request may
+# still sit in the network, a proxy or the leader's queue, and an appended record is committed
+# once the followers have it or have been dropped from the ISR (Kafka's replica.lag.time.max.ms,
+# 30 s by default). Writers assume such a write lands within this bound or never; leases and
+# claims last long enough for it (ARCHITECTURE.md, assumption 5). Reproduced on Kafka in
+# trades_platform_tests/faults/test_possibly_persisted.py.
+POSSIBLY_PERSISTED_SECONDS = 30.0
 
 
 def coverage_producer(settings: KafkaSettings) -> Producer:

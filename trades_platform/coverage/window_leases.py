@@ -17,9 +17,11 @@ So a backfill takes a lease on its (pair, window) in `<topic>.coverage` before i
 A holder whose acknowledged heartbeats were ever more than WINDOW_STANDING_SECONDS apart, or whose
 last one is older than that, has lost its standing for good: a waiter may have presumed it dead. It
 writes no further page (`LeaseLost`) and its run fails; re-running the partition is safe. Since
-WINDOW_STANDING_SECONDS + the page bound + WINDOW_HEARTBEAT_ACK_SECONDS + POLL_SECONDS <
-WINDOW_LEASE_SECONDS, a holder presumed dead has stopped writing before the waiter starts
-(ARCHITECTURE.md has the argument).
+WINDOW_STANDING_SECONDS + the page bound + POSSIBLY_PERSISTED_SECONDS +
+WINDOW_HEARTBEAT_ACK_SECONDS + POLL_SECONDS < WINDOW_LEASE_SECONDS, a holder presumed dead has
+stopped writing, and a page it gave up on has landed or never will, before the waiter starts
+(ARCHITECTURE.md has the argument). A holder whose page was not acknowledged keeps the lease for
+POSSIBLY_PERSISTED_SECONDS before it releases it, for the same reason.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from confluent_kafka import KafkaException, Producer
 
 from trades_platform.coverage.coverage_log import (
     POLL_SECONDS,
+    POSSIBLY_PERSISTED_SECONDS,
     CoverageLogReader,
     Heartbeater,
     HeartbeatWatch,
@@ -55,7 +58,7 @@ WINDOW_HEARTBEAT_SECONDS = 5.0
 # A heartbeat the broker did not acknowledge within this bound does not count.
 WINDOW_HEARTBEAT_ACK_SECONDS = 5.0
 # A waiter presumes a holder dead after watching its heartbeat stand still this long.
-WINDOW_LEASE_SECONDS = 30.0
+WINDOW_LEASE_SECONDS = 60.0
 # A holder writes only while its acknowledged heartbeats are never further apart than this.
 WINDOW_STANDING_SECONDS = 15.0
 
@@ -65,6 +68,7 @@ HEARTBEAT_KEY_PREFIX = "window-beat|"
 if (
     WINDOW_STANDING_SECONDS
     + BACKFILL_PAGE_BOUND_SECONDS
+    + POSSIBLY_PERSISTED_SECONDS
     + WINDOW_HEARTBEAT_ACK_SECONDS
     + POLL_SECONDS
     >= WINDOW_LEASE_SECONDS

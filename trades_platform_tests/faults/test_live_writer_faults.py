@@ -63,9 +63,9 @@ DAY_KEY = "2024-03-05|BTC/USD"
 # The hand-back scenario: 4,320 trades a day (5 pages).
 HAND_BACK_RATE = 0.05
 # The slow-heal scenarios: 17,280 trades a day (18 pages), 2 a real second at speed 10; the
-# live run's first heal page is held this long, past its claim's 56 s lease.
+# live run's first heal page is held this long, past its claim's 86 s lease.
 SLOW_HEAL_RATE = 0.2
-SLOW_PAGE_SECONDS = 75
+SLOW_PAGE_SECONDS = 100
 # How far ahead the skewed readers' wall clocks run (their monotonic clocks are left alone).
 CLOCK_AHEAD_SECONDS = 300
 # The left-out scenarios' runs: about 20 s of trades, not 20 s (near midnight UTC their claims
@@ -328,7 +328,7 @@ def _live_run_with_a_slow_heal(
     Simulated time starts 3 minutes before midnight at 10 simulated seconds per real one, 0.2
     trades a second (2 a real second): the live run's snapshot and first updates are in the day
     before, which closes about 18 s after start. Its first heal page is held by REST for
-    `delay_seconds`, longer than the claim's lease (56 s with a 10 s delivery timeout); later
+    `delay_seconds`, longer than the claim's lease (86 s with a 10 s delivery timeout); later
     calls are answered at once again, so the backfill can run meanwhile. Yields once the day is
     closed by Kraken's clock and the page is being held.
     """
@@ -386,7 +386,7 @@ def _assert_backfill_left_the_pending_holes(
 def test_a_heal_page_slower_than_the_lease_keeps_the_claim_held(
     broker: str, dagster_instance: DagsterInstance, tmp_path: Path
 ) -> None:
-    """One REST page takes 75 s, longer than the claim's lease (56 s): heartbeats go on beside
+    """One REST page takes 100 s, longer than the claim's lease (86 s): heartbeats go on beside
     it, so a second live run refuses to start, and the backfill of the closed day leaves its
     pending holes to the live writer, which heals them once the page arrives."""
     topic = unique_topic("faults-slow-heal")

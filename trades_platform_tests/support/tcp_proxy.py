@@ -2,8 +2,11 @@
 
 Clients connect to the proxy's port; each connection is forwarded to the target. `cut(seconds)`
 closes every open connection and, for `seconds`, refuses new ones (accept, then reset) or
-black-holes them (accept and never answer); then the proxy restores itself. The proxy also stops
-by itself after `max_lifetime_seconds`, so a test that forgets it cannot leave it running.
+black-holes them (accept and never answer); then the proxy restores itself.
+`hold_next_produce(topic, seconds)` takes the next Kafka produce request naming a topic off its
+connection and hands it to the broker `seconds` later: a request the client gave up on that still
+arrives, as a proxy or a slow network can deliver it. The proxy also stops by itself after
+`max_lifetime_seconds`, so a test that forgets it cannot leave it running.
 """
 
 from __future__ import annotations
@@ -37,6 +40,19 @@ class ProxyStats:
     # Wall-clock times (time.time()) of the latest cut and restore.
     cut_at: float | None = None
     restored_at: float | None = None
+    # The held produce request: when it was taken off its connection, when the broker got it.
+    held_at: float | None = None
+    delivered_at: float | None = None
+    held_bytes: int = 0
+
+
+def _is_produce_for(data: bytes, topic: str) -> bool:
+    """Whether `data` starts a Kafka produce request (API key 0) that names `topic`."""
+    if len(data) < 6 or data[4:6] != b"\x00\x00":
+        return False
+    name = topic.encode()
+    # A classic string (int16 length) or, in flexible versions, a compact one (length + 1).
+    return struct.pack(">h", len(name)) + name in data or bytes([len(name) + 1]) + name in data
 
 
 def _reset(sock: socket.socket) -> None:
@@ -77,12 +93,29 @@ class _Link:
                     continue
                 if not data:
                     break
+                if source is self.client and self.proxy._take_hold(data):
+                    data = self._hold_request(data)
                 sink.sendall(data)
                 self.proxy.stats.bytes_forwarded += len(data)
         except OSError:
             pass
         finally:
             self.close()
+
+    def _hold_request(self, data: bytes) -> bytes:
+        """Read the whole request `data` starts, hand it to the proxy to deliver later; return the
+        bytes after it."""
+        size = 4 + struct.unpack(">i", data[:4])[0]
+        while len(data) < size:
+            try:
+                more = self.client.recv(_CHUNK)
+            except TimeoutError:
+                continue
+            if not more:
+                break
+            data += more
+        self.proxy._deliver_later(data[:size])
+        return data[size:]
 
     def close(self) -> None:
         """Reset both sides (idempotent)."""
@@ -129,6 +162,8 @@ class TcpProxy:
         self._stop = threading.Event()
         self._acceptor: threading.Thread | None = None
         self._timers: list[threading.Timer] = []
+        self._hold: tuple[str, float] | None = None
+        self._hold_seconds = 0.0
 
     @property
     def address(self) -> str:
@@ -167,6 +202,34 @@ class TcpProxy:
     def cut_later(self, delay_seconds: float, seconds: float, mode: CutMode = "refuse") -> None:
         """Cut after `delay_seconds` (from a timer thread), for `seconds`."""
         self._schedule(delay_seconds, lambda: self.cut(seconds, mode))
+
+    def hold_next_produce(self, topic: str, seconds: float) -> None:
+        """Take the next produce request naming `topic` off its connection; deliver it to the
+        target on a connection of its own `seconds` later (the client has given up by then)."""
+        with self._lock:
+            self._hold = (topic, seconds)
+
+    def _take_hold(self, data: bytes) -> bool:
+        with self._lock:
+            if self._hold is None or not _is_produce_for(data, self._hold[0]):
+                return False
+            self._hold_seconds = self._hold[1]
+            self._hold = None
+            self.stats.held_at = time.time()
+            return True
+
+    def _deliver_later(self, request: bytes) -> None:
+        self.stats.held_bytes = len(request)
+
+        def deliver() -> None:
+            with socket.create_connection(self.target, timeout=10.0) as upstream:
+                upstream.sendall(request)
+                self.stats.delivered_at = time.time()
+                # The answer goes nowhere: its client is gone. Wait for it, so the broker has it.
+                with contextlib.suppress(OSError):
+                    upstream.recv(_CHUNK)
+
+        self._schedule(self._hold_seconds, deliver)
 
     def restore(self) -> None:
         """Accept and forward again (now, before the cut's own end)."""
