@@ -81,24 +81,44 @@ class LeaderKill:
         self.killed: int | None = None
         self.partition: int | None = None
         self.new_leader: int | None = None
+        # Seconds from the kill: when another node was first seen leading, when the node was back.
+        self.killed_at: float | None = None
+        self.killed_wall = ""
+        self.leader_changed_after: float | None = None
+        self.back_after: float | None = None
         self.back = threading.Event()
 
     def __call__(self) -> None:
         self.partition = partition_of(self.cluster.bootstrap, self.topic, self.pair)
         self.killed = self.cluster.leader_of(self.topic, self.partition)
         self.cluster.kill(self.killed)
+        self.killed_at = time.monotonic()
+        self.killed_wall = time.strftime("%H:%M:%S", time.gmtime())
         threading.Thread(target=self._bring_back, daemon=True).start()
 
     def _bring_back(self) -> None:
         assert self.killed is not None and self.partition is not None
-        deadline = time.monotonic() + DOWN_SECONDS
+        assert self.killed_at is not None
+        deadline = self.killed_at + DOWN_SECONDS
         while time.monotonic() < deadline:
             leader = self.cluster.leader_of(self.topic, self.partition)
             if leader not in (-1, self.killed):
                 self.new_leader = leader
-            time.sleep(0.5)
+                if self.leader_changed_after is None:
+                    self.leader_changed_after = time.monotonic() - self.killed_at
+            time.sleep(0.2)
         self.cluster.start_node(self.killed)
+        self.back_after = time.monotonic() - self.killed_at
         self.back.set()
+
+    def describe(self) -> str:
+        """The kill's timeline, for the test's report."""
+        return (
+            f"node {self.killed} (leader of partition {self.partition}) killed at "
+            f"{self.killed_wall} UTC, node {self.new_leader} seen leading "
+            f"{self.leader_changed_after:.1f}s after the kill, "
+            f"the killed node back after {self.back_after:.1f}s"
+        )
 
 
 def test_the_leader_killed_during_a_live_run_loses_nothing(
@@ -139,8 +159,7 @@ def test_the_leader_killed_during_a_live_run_loses_nothing(
     assert kill.killed in cluster.in_sync_replicas(topic, kill.partition), "it did not rejoin"
     totals = [run_totals(dagster_instance, run.run_id) for run in runs if run.success]
     print(
-        f"[faults] failover-live: node {kill.killed} killed, node {kill.new_leader} led "
-        f"partition {kill.partition}; runs {[run.success for run in runs]}; "
+        f"[faults] failover-live: {kill.describe()}; runs {[run.success for run in runs]}; "
         f"{sum(c.in_topic for c in counts.values())} in the topic; totals {totals}"
     )
 
@@ -178,7 +197,7 @@ def test_the_leader_killed_during_a_backfill_loses_nothing(
         assert failure is not None and failure.error is not None
         assert "not acknowledged" in failure.error.to_string()
     print(
-        f"[faults] failover-backfill: node {kill.killed} killed; runs "
+        f"[faults] failover-backfill: {kill.describe()}; runs "
         f"{[run.success for run in runs]}; {len(expected)} trades of the day once; last run wrote "
         f"{metadata['written']}, found {metadata['already_present']} present"
     )
