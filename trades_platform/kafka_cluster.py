@@ -96,6 +96,8 @@ class KafkaNode:
     node_id: int
     port: int
     controller_port: int
+    # The brokers' own traffic (replication): never through a client-side proxy.
+    internal_port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
 
@@ -139,7 +141,9 @@ class KafkaCluster:
         self.directory = directory or Path(tempfile.mkdtemp(prefix="kafka-cluster-"))
         self.cluster_id = random_cluster_id()
         self.nodes = [
-            KafkaNode(node_id, free_port(), free_port(), self.directory / f"node-{node_id}")
+            KafkaNode(
+                node_id, free_port(), free_port(), free_port(), self.directory / f"node-{node_id}"
+            )
             for node_id in range(1, nodes + 1)
         ]
         self._extra_properties = dict(extra_properties or {})
@@ -271,12 +275,14 @@ class KafkaCluster:
             # A static quorum: every node knows the voters from its configuration.
             "controller.quorum.voters": voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:"
-            f"{node.controller_port}",
+            f"{node.controller_port},INTERNAL://127.0.0.1:{node.internal_port}",
             "advertised.listeners": "PLAINTEXT://127.0.0.1:"
-            f"{self._advertised_ports.get(node.node_id, node.port)}",
+            f"{self._advertised_ports.get(node.node_id, node.port)},"
+            f"INTERNAL://127.0.0.1:{node.internal_port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "INTERNAL",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
+            "INTERNAL:PLAINTEXT",
             "log.dirs": node.directory / "data",
             # Topics created with the broker's default get the cluster's full replication.
             "default.replication.factor": replicas,

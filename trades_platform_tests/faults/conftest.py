@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka import Consumer
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
@@ -34,6 +35,7 @@ from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.partitions import PartitionWindow
 from trades_platform.coverage.claims import ClaimBoard, TailClaim
 from trades_platform.id_counts import IdCount
+from trades_platform.kafka_cluster import KafkaCluster
 from trades_platform.kraken.websocket import (
     REJECTION_LOG_INTERVAL_SECONDS,
     REJECTIONS_LOGGED_PER_INTERVAL,
@@ -41,6 +43,7 @@ from trades_platform.kraken.websocket import (
 from trades_platform.live.job import live_trades_job
 from trades_platform.local_broker import LocalBroker, free_port
 from trades_platform.resources import KrakenResource, RedpandaResource
+from trades_platform.settings import KafkaSettings
 from trades_platform.simulator.market import SimulatedMarket
 from trades_platform.testing import (
     SimulatorProcess,
@@ -50,7 +53,9 @@ from trades_platform.testing import (
     ids_by_pair,
     live_run_totals,
 )
-from trades_platform_tests.support.tcp_proxy import TcpProxy
+from trades_platform.topic_reader import read_to_end, topic_partitions
+from trades_platform.trade import message_key_for
+from trades_platform_tests.support.tcp_proxy import ProxyGroup, TcpProxy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -339,30 +344,77 @@ def ids_of(records: list[TopicRecord], pair: str) -> list[int]:
     return ids_by_pair(records).get(pair, [])
 
 
+def partition_of(broker: str, topic: str, pair: str) -> int:
+    """The partition the pair's records are in (read back, not computed)."""
+    key = message_key_for(pair).encode()
+    consumer = Consumer(KafkaSettings(broker_address=broker).consumer_config())
+    try:
+        partitions = topic_partitions(consumer, topic) or []
+        for message in read_to_end(
+            consumer, topic, dict.fromkeys(partitions, 0), timeout_seconds=30
+        ):
+            if message.key() == key:
+                return int(message.partition())
+    finally:
+        consumer.close()
+    raise AssertionError(f"no record of {pair} in {topic}")
+
+
+@dataclass
+class ProxiedCluster:
+    """A 3-node Kafka cluster whose clients reach every node through a proxy of its own."""
+
+    cluster: KafkaCluster
+    proxies: dict[int, TcpProxy]
+
+
+@pytest.fixture(scope="session")
+def proxied_kafka() -> Iterator[ProxiedCluster]:
+    """Started once per session, on first use; the nodes replicate around the proxies."""
+    ports = {node_id: free_port() for node_id in (1, 2, 3)}
+    cluster = KafkaCluster(nodes=3, advertised_ports=ports)
+    proxies = {
+        node.node_id: TcpProxy(node.port, port=ports[node.node_id], max_lifetime_seconds=5400)
+        for node in cluster.nodes
+    }
+    for proxy in proxies.values():
+        proxy.start()
+    try:
+        with cluster:
+            yield ProxiedCluster(cluster, proxies)
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
 @dataclass
 class ProxiedBroker:
-    """A dedicated broker that advertises a TCP proxy, so every client goes through the proxy."""
+    """A broker every client reaches through TCP proxies that a test can cut."""
 
-    broker: LocalBroker
-    proxy: TcpProxy
+    proxy: TcpProxy | ProxyGroup
 
     @property
     def address(self) -> str:
-        """What clients bootstrap from (the proxy)."""
+        """What clients bootstrap from (the proxies)."""
         return self.proxy.address
 
 
-@pytest.fixture
-def proxied_broker(tmp_path: Path) -> Iterator[ProxiedBroker]:
-    """A fresh tansu broker behind a fresh proxy, for one test."""
+@pytest.fixture(params=["tansu", "kafka"])
+def proxied_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProxiedBroker]:
+    """A fresh tansu broker behind a fresh proxy, or the session's proxied 3-node Kafka cluster;
+    either way every client connection goes through a proxy."""
+    if request.param == "kafka":
+        proxied: ProxiedCluster = request.getfixturevalue("proxied_kafka")
+        group = ProxyGroup(list(proxied.proxies.values()))
+        assert group.wait_restored(60), "a proxy is still cut from an earlier test"
+        yield ProxiedBroker(group)
+        return
     real_port = free_port()
     with (
         TcpProxy(real_port, max_lifetime_seconds=600) as proxy,
-        LocalBroker(
-            port=real_port, advertised_port=proxy.port, log_path=tmp_path / "broker.log"
-        ) as broker,
+        LocalBroker(port=real_port, advertised_port=proxy.port, log_path=tmp_path / "broker.log"),
     ):
-        yield ProxiedBroker(broker, proxy)
+        yield ProxiedBroker(proxy)
 
 
 # Dagster captures a step's stdout by swapping file descriptor 1, which a test's own output

@@ -11,17 +11,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer
 from dagster import DagsterInstance
 
 from trades_platform.kafka_cluster import KafkaCluster
 from trades_platform.resources import RedpandaResource
-from trades_platform.settings import KafkaSettings
 from trades_platform.simulator.market import SimulatedMarket
 from trades_platform.testing import SimulatorProcess, read_topic, unique_topic
 from trades_platform.testing.live import once_every_pair_is_written
-from trades_platform.topic_reader import read_to_end, topic_partitions
-from trades_platform.trade import message_key_for
 from trades_platform_tests.faults.conftest import (
     LIVE_PAIRS,
     assert_exactly_once,
@@ -30,6 +26,7 @@ from trades_platform_tests.faults.conftest import (
     day_ids,
     live_flags,
     live_kraken,
+    partition_of,
     run_backfill,
     run_live,
     run_totals,
@@ -55,22 +52,6 @@ def cluster(kafka_cluster: KafkaCluster) -> Iterator[KafkaCluster]:
     for node in kafka_cluster.nodes:
         if not node.running:
             kafka_cluster.start_node(node.node_id)
-
-
-def partition_of(broker: str, topic: str, pair: str) -> int:
-    """The partition the pair's records are in (read back, not computed)."""
-    key = message_key_for(pair).encode()
-    consumer = Consumer(KafkaSettings(broker_address=broker).consumer_config())
-    try:
-        partitions = topic_partitions(consumer, topic) or []
-        for message in read_to_end(
-            consumer, topic, dict.fromkeys(partitions, 0), timeout_seconds=30
-        ):
-            if message.key() == key:
-                return int(message.partition())
-    finally:
-        consumer.close()
-    raise AssertionError(f"no record of {pair} in {topic}")
 
 
 class LeaderKill:

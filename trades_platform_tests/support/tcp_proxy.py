@@ -16,7 +16,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
@@ -336,3 +336,45 @@ class TcpProxy:
             self._links.add(link)
             self.stats.connections += 1
         link.start()
+
+
+class ProxyGroup:
+    """Proxies in front of every node of a cluster, cut and restored together (the clients'
+    network gone, the brokers still talking to each other)."""
+
+    def __init__(self, proxies: Sequence[TcpProxy]) -> None:
+        self.proxies = list(proxies)
+
+    @property
+    def address(self) -> str:
+        """Every proxy's address, comma-separated (a bootstrap list)."""
+        return ",".join(proxy.address for proxy in self.proxies)
+
+    @property
+    def stats(self) -> ProxyStats:
+        """The proxies' counts added up; the latest restore time."""
+        total = ProxyStats()
+        for proxy in self.proxies:
+            for name in ("connections", "refused", "blackholed", "connections_cut"):
+                setattr(total, name, getattr(total, name) + getattr(proxy.stats, name))
+            total.bytes_forwarded += proxy.stats.bytes_forwarded
+        # One cut of the group is one cut, however many proxies it took.
+        total.cuts = max((proxy.stats.cuts for proxy in self.proxies), default=0)
+        total.restores = max((proxy.stats.restores for proxy in self.proxies), default=0)
+        restored = [p.stats.restored_at for p in self.proxies if p.stats.restored_at is not None]
+        total.restored_at = max(restored) if restored else None
+        cut = [p.stats.cut_at for p in self.proxies if p.stats.cut_at is not None]
+        total.cut_at = min(cut) if cut else None
+        return total
+
+    def cut(self, seconds: float, mode: CutMode = "refuse") -> None:
+        """Cut every proxy for `seconds`."""
+        for proxy in self.proxies:
+            proxy.cut(seconds, mode)
+
+    def wait_restored(self, timeout_seconds: float) -> bool:
+        """Block until no proxy is cut; False on timeout."""
+        deadline = time.monotonic() + timeout_seconds
+        return all(
+            proxy.wait_restored(max(0.0, deadline - time.monotonic())) for proxy in self.proxies
+        )
