@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
+from trades_platform.coverage.claims import CLAIM_GRACE_SECONDS
 from trades_platform.resources import RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
 from trades_platform.testing import SimulatorProcess, TopicRecord, cli_env, read_topic, unique_topic
@@ -43,8 +44,9 @@ OVERLAP_START = "2024-03-06T00:01:00"
 OVERLAP_KEY = "2024-03-05|BTC/USD"
 # 4,320 trades a day (5 pages); the snapshot reaches 1,000 s back.
 OVERLAP_RATE = 0.05
-# 17,280 trades a day: 18 pages, about 20 s of backfill, time for the live run to end meanwhile.
+# 17,280 trades a day: 18 pages, paced to outlast the live run's claim.
 SLOW_OVERLAP_RATE = 0.2
+SLOW_OVERLAP_PAGES = 18
 
 
 @pytest.fixture(scope="module")
@@ -257,15 +259,17 @@ def test_a_live_run_that_ends_while_the_backfill_of_its_day_runs(
         live_cli(sim, broker, topic, tmp_path / "home", max_seconds=13) as live,
     ):
         claim = wait_for_claim(redpanda, "BTC/USD", timeout_seconds=90)
-        # 10 s of grace, a little streaming, then a clean stop that releases the claim, while the
-        # backfill, paced to 1 call/s, is still some 20 pages from the day's last ids.
+        # The grace period, a little streaming, then a clean stop that releases the claim, while
+        # the backfill, paced so that its 18 pages outlast that by some 15 s, is still short of
+        # the day's last ids.
+        pace = SLOW_OVERLAP_PAGES / (CLAIM_GRACE_SECONDS + 15)
         backfill = run_backfill(
             OVERLAP_KEY,
-            backfill_kraken(sim, rest_requests_per_second=1.0),
+            backfill_kraken(sim, rest_requests_per_second=pace),
             redpanda,
             dagster_instance,
         )
-        assert live.wait(timeout_seconds=60) == 0, live.output[-4000:]
+        assert live.wait(timeout_seconds=120) == 0, live.output[-4000:]
         sent = trades_sent(sim)
     metadata = backfill_metadata(backfill)
     expected = day_ids(market, OVERLAP_KEY)
