@@ -9,13 +9,14 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 from dagster import DagsterInstance
 
-from trades_platform.coverage.claims import ClaimBoard, TailClaim
+from trades_platform.coverage.claims import CLAIM_GRACE_SECONDS, ClaimBoard, TailClaim
 from trades_platform.coverage.coverage_log import CoverageLogReader
 from trades_platform.coverage.window_leases import LEASE_KEY_PREFIX
 from trades_platform.resources import RedpandaResource
@@ -60,6 +61,18 @@ pytestmark = pytest.mark.faults
 # The closed-day scenarios start simulated time in the last minutes of 2024-03-05, so the live
 # run's claim reaches into a day that is over and that a backfill may write.
 DAY_KEY = "2024-03-05|BTC/USD"
+# Simulated time runs 10 times real time there. A claim on trades of a closed day first waits
+# its grace period (real seconds), so each scenario starts that much simulated time earlier than
+# the moment its live run should start streaming.
+SIMULATED_SPEED = 10
+_GRACE_SIMULATED = timedelta(seconds=SIMULATED_SPEED * CLAIM_GRACE_SECONDS)
+
+
+def simulated_start(streams_at: str) -> str:
+    """The simulator's start time for a live run that should stream from `streams_at`."""
+    return (datetime.fromisoformat(streams_at) - _GRACE_SIMULATED).isoformat()
+
+
 # The hand-back scenario: 4,320 trades a day (5 pages).
 HAND_BACK_RATE = 0.05
 # The slow-heal scenarios: 17,280 trades a day (18 pages), 2 a real second at speed 10; the
@@ -253,7 +266,8 @@ def test_an_unhealable_gap_is_handed_back_and_filled_by_the_days_backfill_while_
     with (
         SimulatorProcess(
             *("--pairs", "BTC/USD", "--trades-per-second", str(HAND_BACK_RATE)),
-            *("--speed", "10", "--start-time", "2024-03-05T23:54:00"),
+            *("--speed", str(SIMULATED_SPEED)),
+            *("--start-time", simulated_start("2024-03-05T23:55:40")),
             *("--omit-every-nth-id", "7", "--rest-unavailable"),
         ) as sim,
         live_cli(
@@ -262,13 +276,13 @@ def test_an_unhealable_gap_is_handed_back_and_filled_by_the_days_backfill_while_
             topic,
             tmp_path / "home",
             env={"KRAKEN_REST_MAX_RETRIES": "1", "KRAKEN_REST_BACKOFF_MAX_SECONDS": "0.2"},
-            max_seconds=100,
+            max_seconds=100 + CLAIM_GRACE_SECONDS,
             heal_hold_seconds=2,
             heal_give_up_seconds=3,
         ) as live,
     ):
         # The live run gives its holes back in its claim...
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 120 + CLAIM_GRACE_SECONDS
         while (claim := _live_claim(redpanda, "BTC/USD")) is None or not claim.handed_back:
             assert time.monotonic() < deadline and live.process.poll() is None, live.output[-4000:]
             time.sleep(0.5)
@@ -325,9 +339,10 @@ def _live_run_with_a_slow_heal(
 ) -> Iterator[_SlowHeal]:
     """A live run of BTC/USD whose feed leaves every 7th trade out, across the end of a day.
 
-    Simulated time starts 3 minutes before midnight at 10 simulated seconds per real one, 0.2
-    trades a second (2 a real second): the live run's snapshot and first updates are in the day
-    before, which closes about 18 s after start. Its first heal page is held by REST for
+    Simulated time runs at 10 simulated seconds per real one, 0.2 trades a second (2 a real
+    second), and starts so that the live run streams from 80 s before midnight, after its claim's
+    grace period: its snapshot and first updates are in the day before, which closes about 8 s
+    after it streams. Its first heal page is held by REST for
     `delay_seconds`, longer than the claim's lease (86 s with a 10 s delivery timeout); later
     calls are answered at once again, so the backfill can run meanwhile. Yields once the day is
     closed by Kraken's clock and the page is being held.
@@ -335,7 +350,8 @@ def _live_run_with_a_slow_heal(
     with (
         SimulatorProcess(
             *("--pairs", "BTC/USD", "--trades-per-second", str(SLOW_HEAL_RATE)),
-            *("--speed", "10", "--start-time", "2024-03-05T23:57:00"),
+            *("--speed", str(SIMULATED_SPEED)),
+            *("--start-time", simulated_start("2024-03-05T23:58:40")),
             *("--omit-every-nth-id", "7", "--rest-delay-seconds", str(delay_seconds)),
         ) as sim,
         live_cli(
@@ -347,14 +363,15 @@ def _live_run_with_a_slow_heal(
                 "KAFKA_DELIVERY_TIMEOUT_MS": "10000",
                 "KRAKEN_REST_TIMEOUT_SECONDS": str(delay_seconds + 60),
             },
-            max_seconds=delay_seconds + 30,
+            max_seconds=delay_seconds + 30 + CLAIM_GRACE_SECONDS,
         ) as live,
     ):
         redpanda = RedpandaResource(broker_address=broker, topic=topic)
         claim = wait_for_claim(redpanda, "BTC/USD", timeout_seconds=90)
         assert claim.lease_seconds < delay_seconds - 10
-        # The healer's first calls: AssetPairs (not delayed), then the held Trades page.
-        deadline = time.monotonic() + 60
+        # The healer's first calls (after the grace period): AssetPairs (not delayed), then the
+        # held Trades page.
+        deadline = time.monotonic() + 60 + CLAIM_GRACE_SECONDS
         while sim.stats()["rest_requests"] < 2:
             assert time.monotonic() < deadline, live.output[-4000:]
             time.sleep(0.1)
