@@ -40,8 +40,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 FAILOVER_RATE = 50.0
 # How long the killed node stays down before it is started again on its data.
 DOWN_SECONDS = 15.0
-# The backfill's day: 1 trade a second per pair, 87 pages of 1000, paced to last about 20 s.
-BACKFILL_RATE = 1.0
+# The backfill's day: a trade every 4 s per pair, 22 pages of 1000, paced to last about 11 s.
+BACKFILL_RATE = 0.25
 BACKFILL_KEY = "2024-02-20|BTC/USD"
 
 
@@ -166,8 +166,8 @@ def test_the_leader_killed_during_a_backfill_loses_nothing(
     flags = ["--pairs", ",".join(LIVE_PAIRS), "--trades-per-second", str(BACKFILL_RATE)]
     kill = LeaderKill(cluster, topic, "BTC/USD")
     with SimulatorProcess(*flags) as sim:
-        # Paced so that the day takes about 20 s: the kill meets it mid-way.
-        kraken = backfill_kraken(sim, rest_requests_per_second=4.0)
+        # Paced so that the day takes about 11 s: the kill meets it mid-way.
+        kraken = backfill_kraken(sim, rest_requests_per_second=2.0)
         with once_every_pair_is_written(broker, topic, ["BTC/USD"], kill) as killing:
             result = run_backfill(
                 BACKFILL_KEY, kraken, redpanda, dagster_instance, raise_on_error=False

@@ -40,7 +40,8 @@ from trades_platform_tests.support.tcp_proxy import TcpProxy
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
 KEY = "2024-02-22|BTC/USD"
-RATE = 1.0
+# 21,600 trades a day: 22 pages.
+RATE = 0.25
 # The held request reaches the leader this long after it was sent: past the page bound (5 s),
 # within POSSIBLY_PERSISTED_SECONDS.
 HOLD_SECONDS = 20.0
@@ -79,8 +80,8 @@ def test_a_page_given_up_on_that_lands_later_is_not_written_twice(
         second.append(CliRun(backfill_command(KEY), env))
 
     with SimulatorProcess(*flags) as sim:
-        # The first run pages slowly (4 calls/s, about 22 s for the day): the hold meets it.
-        slow = backfill_kraken(sim, rest_requests_per_second=4.0)
+        # The first run pages slowly (2 calls/s, about 11 s for the day): the hold meets it.
+        slow = backfill_kraken(sim, rest_requests_per_second=2.0)
         with once_every_pair_is_written(
             broker, topic, ["BTC/USD"], hold_the_next_page_then_queue_a_second_run
         ) as holding:
