@@ -317,8 +317,9 @@ class KafkaCluster:
             classpath,
             "kafka.tools.StorageTool",
             "format",
-            "--cluster-id",
-            self.cluster_id,
+            # One argument with "=": an id may start with "-" (base64url), which the tool's
+            # parser would otherwise take for an option ("--cluster-id: expected one argument").
+            f"--cluster-id={self.cluster_id}",
             "--config",
             str(properties),
         ]
