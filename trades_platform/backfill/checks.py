@@ -68,8 +68,13 @@ def id_sequence_report(
     ids_by_partition: Mapping[int, Sequence[int]],
     expected_first: int | None = None,
     expected_last: int | None = None,
+    expected_count: int | None = None,
 ) -> IdSequenceReport:
-    """Holes, duplicates and disorder of trade ids given in topic order per Kafka partition."""
+    """Holes, duplicates and disorder of trade ids given in topic order per Kafka partition.
+
+    `expected_*`: what the asset's materialization found in the window (first and last id, and
+    how many trades); fewer read back is reported as missing.
+    """
     not_increasing = 0
     for ids in ids_by_partition.values():
         not_increasing += sum(1 for before, after in pairwise(ids) if after <= before)
@@ -80,6 +85,10 @@ def id_sequence_report(
         missing_edges.append(f"first trade {expected_first} written by the asset is missing")
     if expected_last is not None and (last is None or last < expected_last):
         missing_edges.append(f"last trade {expected_last} written by the asset is missing")
+    if expected_count is not None and counted.distinct < expected_count:
+        missing_edges.append(
+            f"{expected_count} trades found by the asset, {counted.distinct} read back"
+        )
     return IdSequenceReport(
         count=counted.in_topic,
         distinct=counted.distinct,
@@ -133,20 +142,35 @@ def _ids_by_partition(records: Sequence[WindowRecord]) -> dict[int, list[int]]:
     return by_partition
 
 
-def _reported_edges(context: AssetCheckExecutionContext) -> tuple[int | None, int | None]:
-    """First and last trade id of the partition's latest materialization, if it reported them."""
+@dataclass(frozen=True)
+class ReportedWindow:
+    """What the partition's latest materialization found in its window."""
+
+    trades: int | None
+    first_id: int | None
+    last_id: int | None
+
+
+def _reported_window(context: AssetCheckExecutionContext) -> ReportedWindow | None:
+    """What the partition's latest materialization reported, or None if it has none."""
     result = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=_ASSET_KEY, asset_partitions=[context.partition_key]),
         limit=1,
     )
     if not result.records:
-        return None, None
+        return None
     materialization = result.records[0].asset_materialization
     metadata: Mapping[str, Any] = materialization.metadata if materialization else {}
-    first, last = metadata.get("first_trade_id"), metadata.get("last_trade_id")
-    return (
-        first.value if first is not None else None,
-        last.value if last is not None else None,
+
+    def reported(name: str) -> int | None:
+        entry = metadata.get(name)
+        value = entry.value if entry is not None else None
+        return value if type(value) is int else None
+
+    return ReportedWindow(
+        trades=reported("dagster/row_count"),
+        first_id=reported("first_trade_id"),
+        last_id=reported("last_trade_id"),
     )
 
 
@@ -159,7 +183,8 @@ def _reported_edges(context: AssetCheckExecutionContext) -> tuple[int | None, in
             description=(
                 "Read back from the topic: the pair's trade ids in the day are strictly "
                 "increasing and without holes (a hole is a lost trade), and include the first "
-                "and last trade the asset reported."
+                "and last trade the asset reported and as many trades as it found. A day that "
+                "reads back nothing passes only if the asset ran and found no trade in it."
             ),
         ),
         AssetCheckSpec(
@@ -193,12 +218,20 @@ def kraken_trades_history_checks(
     selected = {key.name for key in context.selected_asset_check_keys}
 
     if IDS_CHECK in selected:
-        expected_first, expected_last = _reported_edges(context)
-        report = id_sequence_report(_ids_by_partition(read.records), expected_first, expected_last)
+        reported = _reported_window(context)
+        report = id_sequence_report(
+            _ids_by_partition(read.records),
+            reported.first_id if reported else None,
+            reported.last_id if reported else None,
+            reported.trades if reported else None,
+        )
+        # A day that reads back nothing has no holes, but proves nothing either: it passes only
+        # when the asset ran and found no trade in the window.
+        unproven = report.count == 0 and (reported is None or reported.trades != 0)
         yield AssetCheckResult(
             check_name=IDS_CHECK,
             asset_key=_ASSET_KEY,
-            passed=report.passed,
+            passed=report.passed and not unproven,
             # Duplicates alone lose nothing (issue 4 removes them); holes lose trades.
             severity=AssetCheckSeverity.ERROR if report.lost_trades else AssetCheckSeverity.WARN,
             metadata={
@@ -210,8 +243,19 @@ def kraken_trades_history_checks(
                 "holes": report.holes,
                 "duplicates": report.duplicates,
                 "not_increasing": report.not_increasing,
+                "found_by_asset": (
+                    reported.trades if reported and reported.trades is not None else "unknown"
+                ),
                 "problems": MetadataValue.json(
-                    {"holes": report.hole_examples, "missing": report.missing_edges}
+                    {
+                        "holes": report.hole_examples,
+                        "missing": report.missing_edges,
+                        "unproven": (
+                            ["no trade of the day read back, and no materialization found one"]
+                            if unproven
+                            else []
+                        ),
+                    }
                 ),
             },
         )

@@ -138,9 +138,16 @@ def test_records_check_fails_on_records_that_are_not_trades(
     }
 
 
-def test_checks_of_a_day_nothing_was_written_for_pass_with_no_records(broker: str) -> None:
+def test_a_day_that_reads_back_nothing_is_not_passed_as_without_holes(broker: str) -> None:
+    """No trade of the day in the topic and no materialization saying there were none: the ids
+    check cannot vouch for the day (a warning, not a pass)."""
     checks = _run_checks_only(broker, unique_topic(), "2024-01-05|ETH/USD")
-    assert checks[IDS_CHECK].passed and checks[IDS_CHECK].metadata["records"].value == 0
+    ids = checks[IDS_CHECK]
+    assert not ids.passed and ids.severity == AssetCheckSeverity.WARN
+    assert ids.metadata["records"].value == 0
+    assert ids.metadata["found_by_asset"].value == "unknown"
+    assert ids.metadata["problems"].value["unproven"], ids.metadata
+    # Nothing read back is nothing invalid.
     assert checks[RECORDS_CHECK].passed
 
 
@@ -165,3 +172,9 @@ def test_id_report_tells_lost_trades_from_duplicates() -> None:
 
     nothing = id_sequence_report({}, expected_first=5, expected_last=8)
     assert nothing.lost_trades and nothing.count == 0
+
+    # Fewer distinct ids read back than the asset found: missing, even without a hole.
+    short = id_sequence_report({0: [5, 6, 6]}, expected_first=5, expected_last=6, expected_count=3)
+    assert short.lost_trades
+    assert short.missing_edges == ["3 trades found by the asset, 2 read back"]
+    assert id_sequence_report({0: [5, 6, 7]}, 5, 7, expected_count=3).passed
