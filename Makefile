@@ -11,7 +11,7 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 # The test markers `make test-fast` deselects (pyproject.toml lists them); `make test` runs all.
 SLOW_MARKERS := faults or browser or postgres or compose or stack or slow
 # Parallel test workers (pytest-xdist): the suite mostly waits on sockets and leases, so 3 workers
-# on 2 cores take about half the time of one. The tests on Apache Kafka share one worker (conftest).
+# on 2 cores take 40 % of the time of one (README). The tests on Apache Kafka share one worker.
 TEST_WORKERS ?= 3
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
 # The project name on the command line, not in the file: Debian's docker-compose 1.29 rejects `name:`.
