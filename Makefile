@@ -49,7 +49,7 @@ system-deps: ## Install (apt) and start what the tests need: PostgreSQL, Chromiu
 test: install system-deps ## Run the whole test suite, as CI does (real broker, simulator, Dagster, Postgres)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
-test-fast: install ## The fast tier for development (< 5 min): no faults, browser, Postgres, compose, dev stack
+test-fast: install ## The fast tier for development (< 3 min): no faults, browser, Postgres, compose, dev stack
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not ($(SLOW_MARKERS))"
 
 soak: install ## Live job 10 min against the simulator, a socket fault every 30 s; lost/duplicated per pair (SOAK_ARGS="--minutes 2")
