@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from trades_platform.coverage import claims as claims_module
@@ -24,7 +24,8 @@ from trades_platform.coverage.claims import (
 )
 from trades_platform.kafka_cluster import KafkaCluster
 from trades_platform.settings import KafkaSettings
-from trades_platform.testing import read_topic, unique_topic
+from trades_platform.testing import unique_topic
+from trades_platform.topic_reader import read_to_end
 from trades_platform.topics import COVERAGE_TOPIC_CONFIG, coverage_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -47,35 +48,20 @@ def compacting_cluster() -> Iterator[KafkaCluster]:
         yield cluster
 
 
-def _kept_below_end(broker: str, topic: str) -> tuple[int, int]:
-    """The one-partition topic's end offset, and how many records below it are still there."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": broker,
-            "group.id": unique_topic("compaction-reader"),
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
+def _kept_below_end(settings: KafkaSettings, topic: str) -> tuple[int, int, int]:
+    """The one-partition topic's end offset, how many records below it are still there, and how
+    many of those are heartbeats."""
+    consumer = Consumer(settings.consumer_config())
     try:
         _low, end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        kept = 0
-        while end > 0:
-            message = consumer.poll(10)
-            assert message is not None, f"{topic} did not reach its end offset {end}"
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    break
-                raise AssertionError(message.error())
-            if message.offset() >= end:
-                break
-            kept += 1
-            if message.offset() == end - 1:
-                break
+        kept = beats = 0
+        for message in read_to_end(consumer, topic, {0: 0}, timeout_seconds=10):
+            if message.offset() < end:
+                kept += 1
+                beats += (message.key() or b"").decode().startswith(BEAT_KEY_PREFIX)
     finally:
         consumer.close()
-    return end, kept
+    return end, kept, beats
 
 
 def test_compaction_keeps_each_claims_place_in_line_and_its_newest_heartbeat(
@@ -98,16 +84,14 @@ def test_compaction_keeps_each_claims_place_in_line_and_its_newest_heartbeat(
         first.claim({"BTC/USD": 100}, timeout_seconds=10)
         second.acquire()
         # Heartbeats pile up under one key per holder: at least MIN_RECORDS offsets used...
-        end, kept = _kept_below_end(broker, coverage)
+        end, kept, beats_kept = _kept_below_end(settings, coverage)
         deadline = time.monotonic() + COMPACTION_DEADLINE_SECONDS
         # ...and then the cleaner keeps at most half of them (the newest per key, and the
         # records of the segment still open).
         while end < MIN_RECORDS or kept * 2 > end:
             assert time.monotonic() < deadline, f"no compaction: {kept} of {end} records kept"
             time.sleep(1)
-            end, kept = _kept_below_end(broker, coverage)
-        compacted = read_topic(broker, coverage, idle_seconds=1)
-        beats_kept = sum(record.key.startswith(BEAT_KEY_PREFIX) for record in compacted)
+            end, kept, beats_kept = _kept_below_end(settings, coverage)
 
         # A reader that starts now sees only the compacted log, and the same line as before.
         board = ClaimBoard(settings, owner="fresh-reader")
