@@ -144,21 +144,21 @@ def _ids_by_partition(records: Sequence[WindowRecord]) -> dict[int, list[int]]:
 
 @dataclass(frozen=True)
 class ReportedWindow:
-    """What the partition's latest materialization found in its window."""
+    """What the partition's latest materialization found in its window (None: not reported)."""
 
-    trades: int | None
-    first_id: int | None
-    last_id: int | None
+    trades: int | None = None
+    first_id: int | None = None
+    last_id: int | None = None
 
 
-def _reported_window(context: AssetCheckExecutionContext) -> ReportedWindow | None:
-    """What the partition's latest materialization reported, or None if it has none."""
+def _reported_window(context: AssetCheckExecutionContext) -> ReportedWindow:
+    """What the partition's latest materialization reported; nothing if it has none."""
     result = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=_ASSET_KEY, asset_partitions=[context.partition_key]),
         limit=1,
     )
     if not result.records:
-        return None
+        return ReportedWindow()
     materialization = result.records[0].asset_materialization
     metadata: Mapping[str, Any] = materialization.metadata if materialization else {}
 
@@ -220,14 +220,11 @@ def kraken_trades_history_checks(
     if IDS_CHECK in selected:
         reported = _reported_window(context)
         report = id_sequence_report(
-            _ids_by_partition(read.records),
-            reported.first_id if reported else None,
-            reported.last_id if reported else None,
-            reported.trades if reported else None,
+            _ids_by_partition(read.records), reported.first_id, reported.last_id, reported.trades
         )
         # A day that reads back nothing has no holes, but proves nothing either: it passes only
         # when the asset ran and found no trade in the window.
-        unproven = report.count == 0 and (reported is None or reported.trades != 0)
+        unproven = report.count == 0 and reported.trades != 0
         yield AssetCheckResult(
             check_name=IDS_CHECK,
             asset_key=_ASSET_KEY,
@@ -243,9 +240,7 @@ def kraken_trades_history_checks(
                 "holes": report.holes,
                 "duplicates": report.duplicates,
                 "not_increasing": report.not_increasing,
-                "found_by_asset": (
-                    reported.trades if reported and reported.trades is not None else "unknown"
-                ),
+                "found_by_asset": reported.trades if reported.trades is not None else "unknown",
                 "problems": MetadataValue.json(
                     {
                         "holes": report.hole_examples,
