@@ -43,6 +43,12 @@ class RejectedRecords:
         if len(self.samples) < MAX_REJECTED_SAMPLES:
             self.samples.append(RejectedRecord(partition, offset, reason))
 
+    def extend(self, other: RejectedRecords) -> None:
+        """Count another reader's skipped records too."""
+        self.count += other.count
+        room = MAX_REJECTED_SAMPLES - len(self.samples)
+        self.samples.extend(other.samples[: max(room, 0)])
+
     def describe(self) -> str:
         """The skipped records in one line, for a warning."""
         shown = "; ".join(record.describe() for record in self.samples)
@@ -59,13 +65,23 @@ def topic_partitions(consumer: Consumer, topic: str) -> list[int] | None:
 
 
 def read_to_end(
-    consumer: Consumer, topic: str, start_offsets: dict[int, int], *, timeout_seconds: float
+    consumer: Consumer,
+    topic: str,
+    start_offsets: dict[int, int],
+    *,
+    timeout_seconds: float,
+    stop_at: dict[int, int] | None = None,
 ) -> Iterator[Message]:
     """Every message from the given offsets to the end of each partition, as the broker says.
 
-    `timeout_seconds` bounds a stall (no message and no end of partition for that long), not the
-    whole read: reading a topic from its start takes time in proportion to its size.
+    `stop_at` ends a partition's read before that offset instead. `timeout_seconds` bounds a
+    stall (no message and no end of partition for that long), not the whole read: reading a
+    topic from its start takes time in proportion to its size.
     """
+    stop_at = stop_at or {}
+    start_offsets = {
+        p: offset for p, offset in start_offsets.items() if offset < stop_at.get(p, offset + 1)
+    }
     if not start_offsets:
         return
     consumer.assign([TopicPartition(topic, p, offset) for p, offset in start_offsets.items()])
@@ -87,4 +103,32 @@ def read_to_end(
                     raise KafkaException(error)
                 pending.discard(message.partition())
                 continue
+            partition, stop = message.partition(), stop_at.get(message.partition())
+            if stop is not None:
+                if partition not in pending or message.offset() >= stop:
+                    pending.discard(partition)  # past the stop (offsets may skip, compaction)
+                    continue
+                if message.offset() == stop - 1:
+                    pending.discard(partition)
             yield message
+
+
+def read_range(
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    first: int,
+    end: int,
+    *,
+    timeout_seconds: float,
+) -> Iterator[Message]:
+    """Every message of one partition with first <= offset < end (fewer if the partition ends)."""
+    if first >= end:
+        return
+    yield from read_to_end(
+        consumer,
+        topic,
+        {partition: first},
+        timeout_seconds=timeout_seconds,
+        stop_at={partition: end},
+    )

@@ -47,14 +47,14 @@ from trades_platform.coverage.coverage_log import (
     publish_and_wait,
 )
 from trades_platform.coverage.id_ranges import IdRanges
+from trades_platform.coverage.log_snapshots import LIVE_CLAIM_KEYS
 from trades_platform.coverage.window_leases import BACKFILL_PAGE_BOUND_SECONDS
 from trades_platform.settings import MAX_DELIVERY_TIMEOUT_MS, KafkaSettings
 from trades_platform.topic_reader import RejectedRecords
 from trades_platform.topics import coverage_topic
 from trades_platform.trade import MAX_TRADE_ID, PAIR_PATTERN
 
-CLAIM_KEY_PREFIX = "live-claim|"
-BEAT_KEY_PREFIX = "live-beat|"
+CLAIM_KEY_PREFIX, BEAT_KEY_PREFIX = LIVE_CLAIM_KEYS
 
 # How often a live writer heartbeats its claims.
 CLAIM_HEARTBEAT_SECONDS = 10.0

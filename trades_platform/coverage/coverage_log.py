@@ -28,6 +28,11 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from trades_platform.coverage.log_snapshots import (
+    SNAPSHOT_AFTER_RECORDS,
+    read_log_view,
+    snapshot_parts,
+)
 from trades_platform.settings import KafkaSettings
 from trades_platform.topic_reader import RejectedRecords, read_to_end
 from trades_platform.topics import COVERAGE_TOPIC_CONFIG, coverage_topic
@@ -104,11 +109,12 @@ def publish_and_wait(
 class CoverageLogReader:
     """Reads `<topic>.coverage` incrementally: each call returns what was added since the last.
 
-    Only records whose key starts with one of `key_prefixes` are read (claims and leases share
-    the log; each reader judges its own). The log is input from other processes (and other
-    versions): such a record whose value is not a JSON object is skipped and counted in
-    `rejected`, never raised; the claims and leases on top reject their own malformed or
-    implausible records there too (`reject`).
+    The first call starts from the log's latest snapshot (log_snapshots.py), so its cost does not
+    grow with the log's age. Only records whose key starts with one of `key_prefixes` are read
+    (claims, leases and the index share the log; each reader judges its own). The log is input
+    from other processes (and other versions): such a record whose value is not a JSON object is
+    skipped and counted in `rejected`, never raised; the claims and leases on top reject their
+    own malformed or implausible records there too (`reject`).
     """
 
     def __init__(self, settings: KafkaSettings, key_prefixes: tuple[str, ...]) -> None:
@@ -116,28 +122,45 @@ class CoverageLogReader:
         self.rejected = RejectedRecords()
         self._raw_prefixes = tuple(prefix.encode() for prefix in key_prefixes)
         self._consumer = Consumer(settings.consumer_config())
-        self._next_offset = 0
+        self._next_offset: int | None = None
+        # Records fetched from the broker so far (what the snapshots keep bounded at a start).
+        self.fetched = 0
 
     def new_records(self, timeout_seconds: float = 30.0) -> list[tuple[int, str, dict[str, Any]]]:
         """(offset, key, JSON object) of each record from where the last call stopped to the end."""
+        if self._next_offset is None:
+            view = read_log_view(self._consumer, self.topic, timeout_seconds=timeout_seconds)
+            self.rejected.extend(view.rejected)
+            self.fetched += view.fetched
+            self._next_offset = view.next_offset
+            raw = view.records
+        else:
+            raw = [
+                (message.offset(), message.key() or b"", message.value() or b"")
+                for message in read_to_end(
+                    self._consumer,
+                    self.topic,
+                    {0: self._next_offset},
+                    timeout_seconds=timeout_seconds,
+                )
+            ]
+            self.fetched += len(raw)
+            if raw:
+                self._next_offset = raw[-1][0] + 1
         records = []
-        for message in read_to_end(
-            self._consumer, self.topic, {0: self._next_offset}, timeout_seconds=timeout_seconds
-        ):
-            self._next_offset = message.offset() + 1
-            raw_key = message.key() or b""
+        for offset, raw_key, raw_value in raw:
             if not raw_key.startswith(self._raw_prefixes):
                 continue
             key = raw_key.decode(errors="replace")
             try:
-                value = orjson.loads(message.value() or b"null")
+                value = orjson.loads(raw_value or b"null")
             except orjson.JSONDecodeError:
                 value = None
             if not isinstance(value, dict):
                 # A tombstone (null) or junk: nothing a holder could have meant.
-                self.reject(message.offset(), "value is not a JSON object")
+                self.reject(offset, "value is not a JSON object")
                 continue
-            records.append((message.offset(), key, value))
+            records.append((offset, key, value))
         return records
 
     def reject(self, offset: int, reason: str) -> None:
@@ -157,6 +180,37 @@ def rejected_warning(rejected: RejectedRecords, topic: str) -> str | None:
         f"{rejected.count} record(s) in {topic!r} are not valid claims, leases or heartbeats and "
         f"were skipped (they hold nothing back): {rejected.describe()}"
     )
+
+
+def compact_coverage_log(
+    settings: KafkaSettings, *, min_new_records: int = SNAPSHOT_AFTER_RECORDS
+) -> int:
+    """Publish a snapshot of the coverage log if `min_new_records` followed the latest one.
+
+    Returns the number of parts published (0: not needed yet). Any writer may call it at any
+    time: a snapshot only restates what the log already says (log_snapshots.py).
+    """
+    ensure_coverage_topic(settings)
+    topic = coverage_topic(settings)
+    consumer = Consumer(settings.consumer_config())
+    try:
+        view = read_log_view(consumer, topic, timeout_seconds=30.0)
+    finally:
+        consumer.close()
+    if view.snapshot_as_of is not None and view.after_snapshot < min_new_records:
+        return 0
+    if not view.records:
+        return 0
+    parts = snapshot_parts(view)
+    producer = coverage_producer(settings)
+    publish_and_wait(
+        producer,
+        topic,
+        parts,
+        timeout_seconds=30.0,
+        what=f"snapshot of {topic!r} as of offset {view.next_offset - 1}",
+    )
+    return len(parts)
 
 
 def plausible_wall_clock_ms(value: object, what: str) -> int:

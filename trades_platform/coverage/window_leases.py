@@ -46,6 +46,7 @@ from trades_platform.coverage.coverage_log import (
     plausible_wall_clock_ms,
     publish_and_wait,
 )
+from trades_platform.coverage.log_snapshots import WINDOW_LEASE_KEYS
 from trades_platform.settings import KafkaSettings
 from trades_platform.topic_reader import RejectedRecords
 from trades_platform.topics import coverage_topic
@@ -62,8 +63,7 @@ WINDOW_LEASE_SECONDS = 60.0
 # A holder writes only while its acknowledged heartbeats are never further apart than this.
 WINDOW_STANDING_SECONDS = 15.0
 
-LEASE_KEY_PREFIX = "window|"
-HEARTBEAT_KEY_PREFIX = "window-beat|"
+LEASE_KEY_PREFIX, HEARTBEAT_KEY_PREFIX = WINDOW_LEASE_KEYS
 
 if (
     WINDOW_STANDING_SECONDS
