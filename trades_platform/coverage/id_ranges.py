@@ -29,6 +29,11 @@ class IdRanges:
         return f"IdRanges({list(self)!r})"
 
     @property
+    def range_count(self) -> int:
+        """How many disjoint ranges (one more than the holes between them)."""
+        return len(self._starts)
+
+    @property
     def highest(self) -> int | None:
         """The largest id present, or None when empty."""
         return self._ends[-1] if self._ends else None

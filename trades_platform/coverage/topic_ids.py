@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import logging
 import time
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, KafkaException, Message
 
+from trades_platform.coverage.coverage_log import compact_coverage_log
 from trades_platform.coverage.id_ranges import IdRanges
+from trades_platform.coverage.topic_index import (
+    CHECKPOINT_AFTER_RECORDS,
+    MAX_ID_RANGES,
+    MAX_INDEXED_KEYS,
+    TOP_IDS_CHECKED,
+    KeyState,
+    PartitionState,
+    TopRecord,
+    indexable_key,
+    load_index,
+    publish_checkpoints,
+)
 from trades_platform.settings import KafkaSettings
 from trades_platform.topic_reader import RejectedRecords, read_to_end, topic_partitions
 from trades_platform.trade import (
@@ -21,22 +35,7 @@ from trades_platform.trade import (
     parse_time_iso,
 )
 
-# How many of a pair's highest ids the scan keeps with their times, to judge the jumps at the
-# top: more records than this that jump past any trading pace can still be believed.
-TOP_IDS_CHECKED = 16
-
-
-@dataclass(frozen=True, order=True)
-class _TopRecord:
-    """One of a pair's highest ids in the topic, with its time and where it was read."""
-
-    trade_id: int
-    timestamp_ms: int
-    partition: int
-    offset: int
-    # The record's own exact time (ISO text) when it has one; the message's time otherwise.
-    time_text: object
-    message_time_ms: int
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,101 +52,188 @@ class PairIds:
     highest_time_us: int | None = None
     duplicates: int = 0
     rejected: RejectedRecords = field(default_factory=RejectedRecords)
-    # A min-heap of the highest ids seen, for `settle_the_top`.
-    _top: list[_TopRecord] = field(default_factory=list, repr=False)
 
-    def note_top_candidate(
-        self, trade_id: int, timestamp_ms: int, message: Message, time_text: object
-    ) -> None:
-        """Keep a newly present id with its time if it is among the highest so far."""
-        if len(self._top) >= TOP_IDS_CHECKED and trade_id <= self._top[0].trade_id:
-            return
-        record = _TopRecord(
-            trade_id,
-            timestamp_ms,
-            message.partition() or 0,
-            message.offset() or 0,
-            time_text,
-            message.timestamp()[1],
-        )
-        if len(self._top) < TOP_IDS_CHECKED:
-            heapq.heappush(self._top, record)
-        else:
-            heapq.heapreplace(self._top, record)
 
-    def settle_the_top(self) -> None:
-        """Drop ids that jump past the next lower one too fast; take the time of the highest."""
-        top = sorted(self._top, reverse=True)
-        while len(top) >= 2:
-            higher, lower = top[0], top[1]
-            jump = implausible_jump(
-                higher.trade_id, higher.timestamp_ms, lower.trade_id, lower.timestamp_ms
-            )
-            if jump is None:
-                break
-            self.rejected.add(higher.partition, higher.offset, jump)
-            self.ids.remove(higher.trade_id)
-            top.pop(0)
-        if not top:
-            return
-        highest = top[0]
-        self.highest_time_us = highest.message_time_ms * 1000
-        if isinstance(highest.time_text, str):
-            # Unparsable: keep the message timestamp.
-            with contextlib.suppress(ValueError):
-                self.highest_time_us = parse_time_iso(highest.time_text)
+@dataclass
+class ScanCost:
+    """What a scan read: the trades topic's records and the coverage log's, and where it began."""
+
+    records_read: int = 0
+    coverage_records_fetched: int = 0
+    # Partitions read from a checkpoint (the rest from offset 0).
+    partitions_from_checkpoint: int = 0
+    checkpoints_published: int = 0
 
 
 def scan_topic_ids(
-    settings: KafkaSettings, pairs: list[str], *, timeout_seconds: float = 120.0
+    settings: KafkaSettings,
+    pairs: list[str],
+    *,
+    timeout_seconds: float = 120.0,
+    checkpoint_after_records: int = CHECKPOINT_AFTER_RECORDS,
+    cost: ScanCost | None = None,
 ) -> dict[str, PairIds]:
-    """Read the topic from the start to the end of every partition; collect each pair's ids.
+    """Each pair's ids in the topic: the index's checkpoints, then every record after them.
 
-    `timeout_seconds` bounds a stall of the read, not its length (about 140k records/s here).
+    The result is what reading every partition from offset 0 would give (topic_index.py). A
+    partition read `checkpoint_after_records` or more past its checkpoint gets a new one, and the
+    coverage log a snapshot when it is due: both only restate what was read. `timeout_seconds`
+    bounds a stall of the read, not its length.
     """
-    by_key = {message_key_for(pair).encode(): pair for pair in pairs}
-    found = {pair: PairIds() for pair in pairs}
+    cost = cost if cost is not None else ScanCost()
+    states = read_topic_states(settings, timeout_seconds=timeout_seconds, cost=cost)
+    stale = [
+        state
+        for state in states.values()
+        if state.records_read >= checkpoint_after_records
+        or (not state.from_checkpoint and state.records_read)
+    ]
+    try:
+        cost.checkpoints_published = publish_checkpoints(settings, (s.state for s in stale))
+        compact_coverage_log(settings)
+    except (TimeoutError, KafkaException, ValueError) as error:
+        # The index only saves reading: without it the next read starts further back.
+        logger.warning(f"could not update the index of {settings.topic!r}: {error}")
+    found: dict[str, PairIds] = {}
+    for pair in pairs:
+        key = message_key_for(pair).encode()
+        found[pair] = _pair_ids(
+            [read.state.keys[key] for read in states.values() if key in read.state.keys]
+        )
+    return found
+
+
+@dataclass
+class PartitionRead:
+    """A partition's state after a read, and how the read began."""
+
+    state: PartitionState
+    from_checkpoint: bool
+    records_read: int = 0
+
+
+def read_topic_states(
+    settings: KafkaSettings, *, timeout_seconds: float, cost: ScanCost
+) -> dict[int, PartitionRead]:
+    """Every partition's state at its end: its checkpoint, then the records after it."""
     # A trade from later than this is no trade yet (the writers' clocks may differ by the margin).
     latest_ms = int(time.time() * 1000) + CLOCK_MARGIN_MS
     consumer = Consumer(settings.consumer_config())
     try:
         partitions = topic_partitions(consumer, settings.topic) or []
+        index = load_index(settings, consumer, partitions, timeout_seconds=timeout_seconds)
+        cost.coverage_records_fetched += index.coverage_records_fetched
+        if index.rejected.count:
+            logger.warning(
+                f"{index.rejected.count} checkpoint(s) of {settings.topic!r} rejected, those "
+                f"partitions are read from offset 0: {index.rejected.describe()}"
+            )
+        reads = {
+            partition: PartitionRead(index.partitions[partition], from_checkpoint=True)
+            if partition in index.partitions
+            else PartitionRead(PartitionState(partition), from_checkpoint=False)
+            for partition in partitions
+        }
+        cost.partitions_from_checkpoint += len(index.partitions)
         messages = read_to_end(
             consumer,
             settings.topic,
-            dict.fromkeys(partitions, 0),
+            {partition: read.state.next_offset for partition, read in reads.items()},
             timeout_seconds=timeout_seconds,
         )
         for message in messages:
-            pair = by_key.get(message.key() or b"")
-            if pair is None:
-                continue
-            entry = found[pair]
-            where = (message.partition() or 0, message.offset() or 0)
-            try:
-                value = orjson.loads(message.value() or b"")
-            except orjson.JSONDecodeError:
-                entry.rejected.add(*where, "value is not JSON")
-                continue
-            if not isinstance(value, dict):
-                entry.rejected.add(*where, f"value is a JSON {type(value).__name__}, not an object")
-                continue
-            trade_id, timestamp_ms = value.get("trade_id"), value.get("timestamp_ms")
-            reason = implausible_reason(trade_id, timestamp_ms, latest_ms)
-            if reason is not None:
-                entry.rejected.add(*where, reason)
-                continue
-            # implausible_reason checked both
-            assert isinstance(trade_id, int) and isinstance(timestamp_ms, int)
-            if trade_id in entry.ids:
-                entry.duplicates += 1
-                continue
-            entry.ids.add(trade_id)
-            entry.note_top_candidate(trade_id, timestamp_ms, message, value.get("timestamp"))
+            read = reads[message.partition() or 0]
+            read.records_read += 1
+            _add_record(read.state, message, latest_ms)
+            read.state.note_last(message)
+        cost.records_read += sum(read.records_read for read in reads.values())
     finally:
         consumer.close()
-    for entry in found.values():
-        entry.settle_the_top()
+    return reads
+
+
+def _add_record(state: PartitionState, message: Message, latest_ms: int) -> None:
+    """Fold one record into its key's state (records of keys no pair has are not indexed)."""
+    raw_key = message.key() or b""
+    entry = state.keys.get(raw_key)
+    if entry is None:
+        if not indexable_key(raw_key):
+            return
+        if len(state.keys) >= MAX_INDEXED_KEYS:
+            state.unindexable = f"more than {MAX_INDEXED_KEYS} keys"
+        entry = state.keys[raw_key] = KeyState()
+    where = (message.partition() or 0, message.offset() or 0)
+    message_time_ms = message.timestamp()[1]
+    entry.days.add(message_time_ms, where[1])
+    try:
+        value = orjson.loads(message.value() or b"")
+    except orjson.JSONDecodeError:
+        entry.rejected.add(*where, "value is not JSON")
+        return
+    if not isinstance(value, dict):
+        entry.rejected.add(*where, f"value is a JSON {type(value).__name__}, not an object")
+        return
+    trade_id, timestamp_ms = value.get("trade_id"), value.get("timestamp_ms")
+    reason = implausible_reason(trade_id, timestamp_ms, latest_ms)
+    if reason is not None:
+        entry.rejected.add(*where, reason)
+        return
+    # implausible_reason checked both
+    assert isinstance(trade_id, int) and isinstance(timestamp_ms, int)
+    if trade_id in entry.ids:
+        entry.duplicates += 1
+        return
+    entry.ids.add(trade_id)
+    if entry.ids.range_count > MAX_ID_RANGES:
+        state.unindexable = f"more than {MAX_ID_RANGES} id ranges under {raw_key[:40]!r}"
+    if len(entry.top) >= TOP_IDS_CHECKED and trade_id <= entry.top[0].trade_id:
+        return
+    time_text = value.get("timestamp")
+    record = TopRecord(
+        trade_id,
+        timestamp_ms,
+        where[0],
+        where[1],
+        time_text if isinstance(time_text, str) else None,
+        message_time_ms,
+    )
+    if len(entry.top) < TOP_IDS_CHECKED:
+        heapq.heappush(entry.top, record)
+    else:
+        heapq.heapreplace(entry.top, record)
+
+
+def _pair_ids(states: list[KeyState]) -> PairIds:
+    """A pair's ids from its key's state in each partition, the top's implausible jumps dropped."""
+    found = PairIds()
+    top: list[TopRecord] = []
+    for state in states:
+        for first, last in state.ids:
+            # One partition per pair (ARCHITECTURE.md): ids in two are counted as duplicates.
+            found.duplicates += sum(b - a + 1 for a, b in found.ids.within(first, last))
+            found.ids.add_range(first, last)
+        found.duplicates += state.duplicates
+        found.rejected.extend(state.rejected)
+        top.extend(state.top)
+    top.sort(reverse=True)
+    del top[TOP_IDS_CHECKED:]
+    while len(top) >= 2:
+        higher, lower = top[0], top[1]
+        jump = implausible_jump(
+            higher.trade_id, higher.timestamp_ms, lower.trade_id, lower.timestamp_ms
+        )
+        if jump is None:
+            break
+        found.rejected.add(higher.partition, higher.offset, jump)
+        found.ids.remove(higher.trade_id)
+        top.pop(0)
+    if top:
+        highest = top[0]
+        found.highest_time_us = highest.message_time_ms * 1000
+        if highest.time_text is not None:
+            # Unparsable: keep the message timestamp.
+            with contextlib.suppress(ValueError):
+                found.highest_time_us = parse_time_iso(highest.time_text)
     return found
 
 
