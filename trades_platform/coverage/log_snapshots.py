@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from trades_platform.topic_reader import RejectedRecords, read_range, read_to_end
 
@@ -87,7 +87,11 @@ class _Part:
 
 def read_log_view(consumer: Consumer, topic: str, *, timeout_seconds: float) -> LogView:
     """What a fresh reader of the one-partition log `topic` applies, from its latest snapshot."""
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    except KafkaException:
+        # A log created a moment ago may not be in this client's metadata yet: read it all.
+        low = high = 0
     rejected = RejectedRecords()
     # tansu answers `high` short of the end by up to a batch: the read goes on to the end anyway.
     start = max(low, high - LOG_WINDOW_RECORDS)

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from trades_platform.coverage.claims import ObservedClaim, TailClaimHolder, claim_lease_seconds
 from trades_platform.coverage.coverage_log import rejected_warning
+from trades_platform.coverage.index_refresher import IndexRefresher
 from trades_platform.coverage.topic_ids import PairIds, rejected_warnings, scan_topic_ids
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.dead_letters import DeadLetterProducer
@@ -147,6 +148,7 @@ def _stream(
         resume_after=tail.start(pairs, scanned),
     )
     progress = LiveProgress(pairs, writer, tail, healer, stream.stats, producer)
+    index = IndexRefresher(settings, on_failure=context.log.warning).start()
     # try/finally, not except: a UI terminate or SIGTERM arrives as a BaseException.
     try:
         for batch in stream.batches():
@@ -166,6 +168,7 @@ def _stream(
         # A normal end fails the run if the broker did not acknowledge everything.
         producer.flush()
     finally:
+        index.close()
         stream.close()
         healer.close()
         dead_letters.close()
