@@ -296,8 +296,16 @@ class BackfillSettings(SettingsGroup):
     max_runtime_seconds: int = Field(
         default=7200,
         ge=1,
-        description="A backfill run still going after this long fails (re-running it writes only "
-        "what is missing); also its dagster/max_runtime tag",
+        description="A backfill of one partition still going after this long fails (re-running "
+        "it writes only what is missing); times the partitions per run, the job's "
+        "dagster/max_runtime tag",
+    )
+    partitions_per_run: int = Field(
+        default=7,
+        ge=1,
+        le=366,
+        description="Partitions (days of one pair) one run covers when a backfill launches many: "
+        "fewer process starts between REST calls; each keeps its own lease, metadata and checks",
     )
 
 
