@@ -7,6 +7,7 @@ may overlap. Run against the process-local `Pacer`, the same measurement fails (
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import time
@@ -59,7 +60,7 @@ def _run(path: Path, shared: bool, purposes: list[str]) -> list[tuple[int, float
 def _gaps(calls: list[tuple[int, float, float]]) -> list[float]:
     """From each call's end to the next call's start, in the order calls started."""
     ordered = sorted(calls, key=lambda call: call[1])
-    return [after[1] - before[2] for before, after in zip(ordered, ordered[1:], strict=False)]
+    return [after[1] - before[2] for before, after in itertools.pairwise(ordered)]
 
 
 def test_two_processes_share_one_budget_spaced_from_the_end_of_each_call(tmp_path: Path) -> None:
@@ -102,7 +103,7 @@ def test_heals_go_before_waiting_backfills_and_older_backfills_before_newer(
     old.wait()
     old.done()
     # The new backfill and the heal both wait for the next slot; the heal is registered ahead.
-    new_state = new._state  # noqa: SLF001 - register `new` as a waiter without letting it go
+    new_state = new._state  # registers a waiter by hand
     with new_state() as state:
         state["waiters"]["x"] = {"rank": [2, 2.0], "pid": os.getpid(), "host": "", "seen": 1e18}
     assert heal.wait() == pytest.approx(1.0)  # a full interval after the end, then first
@@ -145,10 +146,10 @@ def test_clients_pace_per_ip_by_default_and_per_pair_when_set(tmp_path: Path) ->
         )
 
     ip = client("ip")
-    assert ip._pacer_for("XBTUSD") is ip._pacer_for(None)  # noqa: SLF001
+    assert ip._pacer_for("XBTUSD") is ip._pacer_for(None)
     per_pair = client("pair")
-    by_pair = per_pair._pacer_for("XBTUSD")  # noqa: SLF001
-    assert by_pair is not per_pair._pacer_for("ETHUSD")  # noqa: SLF001
+    by_pair = per_pair._pacer_for("XBTUSD")
+    assert by_pair is not per_pair._pacer_for("ETHUSD")
     assert isinstance(by_pair, SharedPacer)
     assert by_pair.path == budget_file(tmp_path, "http://kraken.test", "XBTUSD")
     with pytest.raises(ValueError, match="budget_scope"):
@@ -168,7 +169,7 @@ def test_budget_settings_default_and_check(monkeypatch: pytest.MonkeyPatch) -> N
         from_environment(KrakenSettings)
     monkeypatch.setenv("KRAKEN_REST_BUDGET_SCOPE", "ip")
     monkeypatch.setenv("KRAKEN_REST_BUDGET_DIR", "relative/dir")
-    with pytest.raises(SettingsError, match="KRAKEN_REST_BUDGET_DIR='relative/dir'.*absolute"):
+    with pytest.raises(SettingsError, match=r"KRAKEN_REST_BUDGET_DIR='relative/dir'.*absolute"):
         from_environment(KrakenSettings)
 
 
@@ -177,5 +178,5 @@ def test_an_unwritable_budget_directory_is_a_clear_error(tmp_path: Path) -> None
     locked.mkdir(mode=0o500)
     if os.access(locked, os.W_OK):
         pytest.skip("running as root: every directory is writable")
-    with pytest.raises(PermissionError, match="KRAKEN_REST_BUDGET_DIR=.*not writable"):
+    with pytest.raises(PermissionError, match=r"KRAKEN_REST_BUDGET_DIR=.*not writable"):
         SharedPacer(locked / "budget.json", 1.0)
