@@ -60,6 +60,7 @@ def _graphql(port: int, query: str) -> dict[str, Any]:
     return body["data"]
 
 
+@pytest.mark.timeout(900)
 def test_a_30_partition_backfill_uses_at_least_90_percent_of_the_rest_allowance(
     broker: str, tmp_path: Path
 ) -> None:
