@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, Union, get_args, get_orig
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import Field, SecretStr
 
+from trades_platform.kraken.budget import Purpose
 from trades_platform.kraken.rest import KrakenRestClient, RestSettings
 from trades_platform.kraken.websocket import (
     KrakenTradeStream,
@@ -149,6 +150,8 @@ class KrakenResource(_MirroredResource):
     backoff_initial_seconds: float = _mirror(KrakenSettings, "backoff_initial_seconds")
     backoff_max_seconds: float = _mirror(KrakenSettings, "backoff_max_seconds")
     rest_requests_per_second: float = _mirror(KrakenSettings, "rest_requests_per_second")
+    rest_budget_scope: str = _mirror(KrakenSettings, "rest_budget_scope")
+    rest_budget_dir: str = _mirror(KrakenSettings, "rest_budget_dir")
     rest_timeout_seconds: float = _mirror(KrakenSettings, "rest_timeout_seconds")
     rest_max_retries: int = _mirror(KrakenSettings, "rest_max_retries")
     rest_max_rate_limit_retries: int = _mirror(KrakenSettings, "rest_max_rate_limit_retries")
@@ -203,12 +206,21 @@ class KrakenResource(_MirroredResource):
             backoff_initial_seconds=kraken.rest_backoff_initial_seconds,
             backoff_max_seconds=kraken.rest_backoff_max_seconds,
             page_size=kraken.rest_page_size,
+            budget_dir=kraken.rest_budget_dir,
+            budget_scope=kraken.rest_budget_scope,
         )
 
-    def rest_client(self, *, log: logging.Logger | None = None) -> KrakenRestClient:
-        """A REST client (one HTTP session, one pacer); use it as a context manager."""
+    def rest_client(
+        self, *, log: logging.Logger | None = None, purpose: Purpose = "other"
+    ) -> KrakenRestClient:
+        """A REST client on the host's shared budget; use it as a context manager.
+
+        `purpose` ranks its calls among waiting processes: heals go before backfills.
+        """
         return KrakenRestClient(
-            self.rest_settings(), log=log or logging.getLogger("trades_platform.kraken")
+            self.rest_settings(),
+            log=log or logging.getLogger("trades_platform.kraken"),
+            purpose=purpose,
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import uuid
 from datetime import date
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -192,6 +193,18 @@ class KrakenSettings(SettingsGroup):
         gt=0,
         description="Client-side pace of REST calls (Kraken's public limit is about 1/s per IP)",
     )
+    rest_budget_scope: Literal["ip", "pair"] = Field(
+        default="ip",
+        description="What one REST budget of KRAKEN_REST_REQUESTS_PER_SECOND covers: `ip`, every "
+        "call of the host's processes (Kraken's public limit is per IP); `pair`, each pair's "
+        "Trades calls apart (should Kraken's Trades limit be per pair), other calls together",
+    )
+    rest_budget_dir: str = Field(
+        default=os.path.join(tempfile.gettempdir(), "trades-platform-kraken-rest"),
+        min_length=1,
+        description="Directory of the REST budget shared by the host's processes (live heals "
+        "and backfills): one small schedule file per REST server, locked with flock",
+    )
     rest_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of a REST call")
     # Bounded; and one call, its retries and waits included, ends at its time budget
     # (kraken.rest.MAX_CALL_SECONDS): the backfill's runtime bound is checked between calls only.
@@ -223,6 +236,16 @@ class KrakenSettings(SettingsGroup):
         le=KRAKEN_MAX_PAGE_SIZE,
         description="`count` of one Trades page (1000, Kraken's maximum, by default)",
     )
+
+    @field_validator("rest_budget_dir")
+    @classmethod
+    def _absolute_budget_dir(cls, value: str) -> str:
+        if not os.path.isabs(value):
+            raise ValueError(
+                "an absolute path of a directory every process of the host can write (a "
+                "relative one would differ between processes started in different directories)"
+            )
+        return value
 
     @field_validator("pairs", mode="before")
     @classmethod
@@ -273,8 +296,16 @@ class BackfillSettings(SettingsGroup):
     max_runtime_seconds: int = Field(
         default=7200,
         ge=1,
-        description="A backfill run still going after this long fails (re-running it writes only "
-        "what is missing); also its dagster/max_runtime tag",
+        description="A backfill of one partition still going after this long fails (re-running "
+        "it writes only what is missing); times the partitions per run, the job's "
+        "dagster/max_runtime tag",
+    )
+    partitions_per_run: int = Field(
+        default=7,
+        ge=1,
+        le=366,
+        description="Partitions (days of one pair) one run covers when a backfill launches many: "
+        "fewer process starts between REST calls; each keeps its own lease, metadata and checks",
     )
 
 

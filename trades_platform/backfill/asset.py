@@ -1,13 +1,27 @@
-"""`kraken_trades_history`: one UTC day of one pair's Kraken trades, from REST into the topic."""
+"""`kraken_trades_history`: one UTC day of one pair's Kraken trades, from REST into the topic.
+
+A run may cover several partitions (`BACKFILL_PARTITIONS_PER_RUN`, Dagster's multi-run backfill
+policy): it writes them one after another in one process with one REST client, each under its
+own window lease, with its own scan, claims and metadata, so a backfill of many days keeps the
+REST budget busy instead of starting a process per day.
+"""
 
 # No `from __future__ import annotations` here: Dagster reads the asset's annotations at import.
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetMaterialization,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
 from trades_platform.coverage.claims import ClaimBoard, ObservedClaim
@@ -26,11 +40,14 @@ from trades_platform.coverage.window_leases import (
 )
 from trades_platform.coverage.writer import DeduplicatingWriter
 from trades_platform.kraken.protocol import RestTradeRow
-from trades_platform.kraken.rest import KrakenRestClient
+from trades_platform.kraken.rest import KrakenRestClient, RestStats
 from trades_platform.producer import DeliveryError, TradeProducer
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.settings import BackfillSettings, KafkaSettings, from_environment
 from trades_platform.trade import Trade, format_time_us
+
+# Partitions one run covers when a backfill launches many (read once, with the definitions).
+PARTITIONS_PER_RUN = from_environment(BackfillSettings).partitions_per_run
 
 # Log progress every this many pages: about every 10 s at Kraken's 1 call/s.
 PROGRESS_EVERY_PAGES = 10
@@ -169,8 +186,8 @@ class WindowBackfill:
         # Rows left to live claims, by trade id, with when their REST page arrived.
         self._left: dict[int, tuple[RestTradeRow, int]] = {}
 
-    def run(self, kraken: KrakenResource, redpanda: RedpandaResource) -> dict[str, Any]:
-        """Page through the window; return the materialization's metadata."""
+    def run(self, client: KrakenRestClient, redpanda: RedpandaResource) -> dict[str, Any]:
+        """Page through the window with `client`; return the materialization's metadata."""
         pair = self.window.pair
         self._over_before_scan = {
             observed.claim.owner
@@ -185,10 +202,9 @@ class WindowBackfill:
         present = scanned[pair].ids
         bound_ms = int(BACKFILL_PAGE_BOUND_SECONDS * 1000)
         try:
-            with (
-                kraken.rest_client(log=self._log) as client,
-                redpanda.trade_producer(delivery_timeout_ms=bound_ms) as producer,
-            ):
+            # The window's own REST counters: the client may have served other windows before.
+            client.stats = RestStats()
+            with redpanda.trade_producer(delivery_timeout_ms=bound_ms) as producer:
                 writer = DeduplicatingWriter(producer, {pair: present})
                 for page in client.window_pages(pair, self.window.start_us, self.window.end_us):
                     self._check_runtime()
@@ -370,17 +386,56 @@ def _log_waiting(ahead: list[LeaseAhead], context: AssetExecutionContext) -> Non
         "Kraken trades of one pair on one UTC day, fetched from REST /0/public/Trades and written "
         "to the trades topic (source=backfill). Ids already in the topic are not written again, "
         "so a partition can be re-run safely; two runs of one partition at once (even from two "
-        "Dagster instances) take turns through a lease in the `<topic>.coverage` topic."
+        "Dagster instances) take turns through a lease in the `<topic>.coverage` topic. A "
+        "backfill of many partitions runs up to BACKFILL_PARTITIONS_PER_RUN days of a pair per "
+        "run, one after another, each with its own lease, metadata and checks."
     ),
     kinds={"kafka", "python"},
     group_name="backfill",
     pool=KRAKEN_REST_POOL,
+    # Dagster groups a backfill's partitions by pair into runs of consecutive days.
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN),
 )
 def kraken_trades_history(
     context: AssetExecutionContext, kraken: KrakenResource, redpanda: RedpandaResource
-) -> MaterializeResult[None]:
-    """Fetch the partition's day page by page, write each page, flush, report."""
-    window = PartitionWindow.from_key(context.partition_key)
+) -> Iterator[MaterializeResult[None] | AssetMaterialization]:
+    """Backfill each partition of the run in turn (one day of one pair each), then report."""
+    keys = list(context.partition_keys)
+    done: list[tuple[str, dict[str, Any]]] = []
+    # One client for the run: Kraken's pairs and clock are asked once, not once per day.
+    with kraken.rest_client(log=context.log, purpose="backfill") as client:
+        try:
+            for key in keys:
+                metadata = _backfill_partition(context, key, client, kraken, redpanda)
+                done.append((key, metadata))
+        except BaseException:
+            if len(keys) > 1:
+                # The days finished before the failure are in the topic: record them (the
+                # failed step produces no output, so Dagster would record none of them).
+                for key, metadata in done:
+                    yield AssetMaterialization(
+                        asset_key=context.asset_key, partition=key, metadata=metadata
+                    )
+            raise
+    if len(keys) == 1:
+        yield MaterializeResult(metadata=done[0][1])
+        return
+    # A run over a range: Dagster records one materialization per partition, each with the
+    # metadata given for it here.
+    for key, metadata in done:
+        context.add_asset_metadata(metadata, partition_key=key)
+    yield MaterializeResult()
+
+
+def _backfill_partition(
+    context: AssetExecutionContext,
+    key: str,
+    client: KrakenRestClient,
+    kraken: KrakenResource,
+    redpanda: RedpandaResource,
+) -> dict[str, Any]:
+    """Fetch one partition's day page by page under its window lease; its metadata."""
+    window = PartitionWindow.from_key(key)
     summary = BackfillSummary()
     context.log.info(
         f"Backfilling {window.describe()} from {kraken.rest_url} to topic {redpanda.topic!r} at "
@@ -398,7 +453,7 @@ def kraken_trades_history(
         on_heartbeat_failure=context.log.warning,
     ) as lease:
         summary.lease_wait_seconds = lease.wait_for_turn(lambda ahead: _log_waiting(ahead, context))
-        metadata = WindowBackfill(window, lease, summary, settings, context).run(kraken, redpanda)
+        metadata = WindowBackfill(window, lease, summary, settings, context).run(client, redpanda)
     context.log.info(
         f"{window.describe()}: {summary.count} trades in the window, {summary.written} written, "
         f"{summary.already_present} already in the topic, {summary.left_to_live} left to the "
@@ -407,4 +462,4 @@ def kraken_trades_history(
         f"{metadata['retries']} retries, {metadata['rows_rejected']} rows rejected, "
         f"{metadata['seconds_waiting_for_other_backfills']}s waiting for another backfill)"
     )
-    return MaterializeResult(metadata=metadata)
+    return metadata

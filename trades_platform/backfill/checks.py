@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
@@ -151,10 +152,10 @@ class ReportedWindow:
     last_id: int | None = None
 
 
-def _reported_window(context: AssetCheckExecutionContext) -> ReportedWindow:
+def _reported_window(context: AssetCheckExecutionContext, key: str) -> ReportedWindow:
     """What the partition's latest materialization reported; nothing if it has none."""
     result = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=_ASSET_KEY, asset_partitions=[context.partition_key]),
+        AssetRecordsFilter(asset_key=_ASSET_KEY, asset_partitions=[key]),
         limit=1,
     )
     if not result.records:
@@ -201,9 +202,30 @@ def _reported_window(context: AssetCheckExecutionContext) -> ReportedWindow:
 )
 def kraken_trades_history_checks(
     context: AssetCheckExecutionContext, redpanda: RedpandaResource
+) -> Iterator[AssetCheckResult | AssetCheckEvaluation]:
+    """Judge each partition of the run (one, or a backfill's range) on what it reads back."""
+    keys = list(context.partition_keys)
+    for key in keys:
+        for result in _judge_partition(context, key, redpanda):
+            if len(keys) == 1:
+                yield result
+            else:
+                # A run over a range: each verdict is recorded against its own partition.
+                yield AssetCheckEvaluation(
+                    asset_key=_ASSET_KEY,
+                    check_name=result.check_name or "",
+                    passed=result.passed,
+                    metadata=result.metadata,
+                    severity=result.severity,
+                    partition=key,
+                )
+
+
+def _judge_partition(
+    context: AssetCheckExecutionContext, key: str, redpanda: RedpandaResource
 ) -> Iterator[AssetCheckResult]:
     """Read the partition's window back once and judge it twice."""
-    window = PartitionWindow.from_key(context.partition_key)
+    window = PartitionWindow.from_key(key)
     settings = redpanda.kafka_settings()
     read = read_pair_window(settings, window.pair, window.start_ms, window.end_ms)
     context.log.info(
@@ -218,7 +240,7 @@ def kraken_trades_history_checks(
     selected = {key.name for key in context.selected_asset_check_keys}
 
     if IDS_CHECK in selected:
-        reported = _reported_window(context)
+        reported = _reported_window(context, key)
         report = id_sequence_report(
             _ids_by_partition(read.records), reported.first_id, reported.last_id, reported.trades
         )

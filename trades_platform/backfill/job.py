@@ -13,6 +13,8 @@ from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS
 from trades_platform.settings import BackfillSettings, from_environment
 
+_BACKFILL = from_environment(BackfillSettings)
+
 # Every backfill run carries this tag: dagster.yaml can limit how many share Kraken's REST limit.
 KRAKEN_REST_TAG = "trades_platform/kraken-rest"
 
@@ -25,8 +27,9 @@ backfill_trades_job = define_asset_job(
     tags={
         KRAKEN_REST_TAG: "backfill",
         # Run monitoring (dagster.yaml) fails a run past this even if it is stuck in a call;
-        # the asset checks the same bound before every page.
-        "dagster/max_runtime": str(from_environment(BackfillSettings).max_runtime_seconds),
+        # the asset checks the bound of each partition before every page, and a run may cover
+        # up to BACKFILL_PARTITIONS_PER_RUN of them.
+        "dagster/max_runtime": str(_BACKFILL.max_runtime_seconds * _BACKFILL.partitions_per_run),
     },
     # One process per run: the checks read back right after the asset, without a process start.
     executor_def=in_process_executor,

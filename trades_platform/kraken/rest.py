@@ -25,11 +25,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, get_args
 
 import orjson
 import requests
 
+from trades_platform.kraken.budget import BudgetScope, Purpose, SharedPacer, budget_file
 from trades_platform.kraken.pairs import PairDirectory, RestPair, UnknownPairError
 from trades_platform.kraken.protocol import RestTradeRow, parse_rest_row
 from trades_platform.settings import KRAKEN_MAX_PAGE_SIZE, KrakenSettings, default_of
@@ -109,10 +110,16 @@ class RestSettings:
     # Also the longest `Retry-After` honoured.
     backoff_max_seconds: float = default_of(KrakenSettings, "rest_backoff_max_seconds")
     page_size: int = default_of(KrakenSettings, "rest_page_size")
+    # Where the host's shared pacing schedule lives (`kraken.budget`); None: this client paces
+    # only itself (tools and unit tests; the platform's resources pass KRAKEN_REST_BUDGET_DIR).
+    budget_dir: str | None = None
+    budget_scope: str = default_of(KrakenSettings, "rest_budget_scope")  # `ip` or `pair`
 
     def __post_init__(self) -> None:
         if not self.requests_per_second > 0:
             raise ValueError(f"requests_per_second must be > 0, got {self.requests_per_second}")
+        if self.budget_scope not in get_args(BudgetScope):
+            raise ValueError(f"budget_scope must be 'ip' or 'pair', got {self.budget_scope!r}")
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {self.page_size}")
 
@@ -140,6 +147,13 @@ class TradesPage:
     last_ns: int | None  # None when missing or not a non-negative integer
     raw_count: int  # rows in the answer, valid or not
     received_ms: int  # when the answer arrived (wall clock): the records' `received_ms`
+
+
+class _PacerLike(Protocol):
+    def wait(self) -> float: ...
+    def done(self) -> None: ...
+    def push_back(self, seconds: float) -> None: ...
+    def pending(self) -> float: ...
 
 
 class Pacer:
@@ -203,14 +217,20 @@ class KrakenRestClient:
         *,
         log: logging.Logger | None = None,
         session: requests.Session | None = None,
+        purpose: Purpose = "other",
     ) -> None:
         self.settings = settings
         self.stats = RestStats()
         self._log = log or logger
         self._session = session or requests.Session()
         self._session.headers.setdefault("User-Agent", "trades-platform-backfill")
-        self._pacer = Pacer(settings.requests_per_second)
+        self._purpose: Purpose = purpose
+        self._created = time.monotonic()
+        # One pacer per budget: the whole IP, or (scope `pair`) each pair's Trades calls.
+        self._pacers: dict[str | None, _PacerLike] = {}
         self._pairs: PairDirectory | None = None
+        # Kraken's clock as last read: a window that ended before it has ended for good.
+        self._server_time_us = 0
 
     def close(self) -> None:
         """Close the HTTP session."""
@@ -316,7 +336,11 @@ class KrakenRestClient:
         if type(start_us) is not int or type(end_us) is not int or end_us <= start_us:
             raise ValueError(f"bad window [{start_us!r}, {end_us!r})")
         rest_pair = self.rest_pair(pair)
-        now_us = self.server_time_us()
+        # One Time call per client, not per window: a window ending before Kraken's clock read
+        # earlier is closed now too (a run of many closed days asks once).
+        now_us = self._server_time_us
+        if end_us > now_us:
+            now_us = self._server_time_us = self.server_time_us()
         if end_us > now_us:
             # Writing part of a day would leave it to be written again (twice) once it is over.
             raise WindowNotClosedError(
@@ -392,17 +416,37 @@ class KrakenRestClient:
 
     # --- HTTP ------------------------------------------------------------------------------
 
+    def _pacer_for(self, pair: str | None) -> _PacerLike:
+        """The pacer of the budget a call to `pair` (None: not a pair's call) draws on."""
+        key = pair if self.settings.budget_scope == "pair" else None
+        pacer = self._pacers.get(key)
+        if pacer is None:
+            if self.settings.budget_dir is None:
+                pacer = Pacer(self.settings.requests_per_second)
+            else:
+                pacer = SharedPacer(
+                    budget_file(self.settings.budget_dir, self.settings.url, key),
+                    self.settings.requests_per_second,
+                    purpose=self._purpose,
+                    # A call in flight holds the budget at most this long (then others go on).
+                    hold_seconds=self.settings.timeout_seconds,
+                    created=self._created,
+                )
+            self._pacers[key] = pacer
+        return pacer
+
     def _get(self, endpoint: str, params: dict[str, str]) -> Any:
         """GET /0/public/<endpoint>: paced, retried, within MAX_CALL_SECONDS; `result` or raises."""
         url = f"{self.settings.url.rstrip('/')}/0/public/{endpoint}"
+        pacer = self._pacer_for(params.get("pair"))
         began = time.monotonic()
         failures = rate_limited = 0
         while True:
-            self.stats.seconds_waited += self._pacer.wait()
+            self.stats.seconds_waited += pacer.wait()
             self.stats.requests += 1
             left = MAX_CALL_SECONDS - (time.monotonic() - began)
             try:
-                return self._paced_attempt(url, endpoint, params, left)
+                return self._paced_attempt(pacer, url, endpoint, params, left)
             except _Retry as retry:
                 if retry.rate_limited:
                     rate_limited += 1
@@ -418,9 +462,9 @@ class KrakenRestClient:
                     ) from None
                 delay = max(self._backoff(attempt), retry.retry_after or 0.0)
                 # Through the pacer, so the wait also holds back whatever call comes next.
-                self._pacer.push_back(delay)
+                pacer.push_back(delay)
                 spent = time.monotonic() - began
-                wait = self._pacer.pending()
+                wait = pacer.pending()
                 if spent + wait >= MAX_CALL_SECONDS:
                     raise KrakenRestError(
                         f"{endpoint} {params}: giving up after {failures + rate_limited} "
@@ -433,12 +477,17 @@ class KrakenRestClient:
                 )
 
     def _paced_attempt(
-        self, url: str, endpoint: str, params: dict[str, str], left_seconds: float
+        self,
+        pacer: _PacerLike,
+        url: str,
+        endpoint: str,
+        params: dict[str, str],
+        left_seconds: float,
     ) -> Any:
         try:
             return self._attempt(url, endpoint, params, left_seconds)
         finally:
-            self._pacer.done()
+            pacer.done()
 
     def _attempt(self, url: str, endpoint: str, params: dict[str, str], left_seconds: float) -> Any:
         # The attempt's deadline; shorter when it is all that is left of the call's time budget.

@@ -125,7 +125,7 @@ def _stream(
     settings = redpanda.kafka_settings()
     dead_letters = DeadLetterProducer(settings, source="live")
     healer = GapHealer(
-        kraken.rest_client(log=context.log),
+        kraken.rest_client(log=context.log, purpose="heal"),
         give_up_seconds=config.heal_give_up_seconds,
         log=context.log,
     ).start()

@@ -36,8 +36,9 @@ def test_definitions_load_with_the_backfill() -> None:
         "records_match_trade_schema",
     }
     assert job.tags[KRAKEN_REST_TAG] == "backfill"
-    # No single-run policy: a date range from the UI launches one run per partition.
-    assert kraken_trades_history.backfill_policy is None
+    # A date range from the UI launches runs of up to BACKFILL_PARTITIONS_PER_RUN days of a pair.
+    policy = kraken_trades_history.backfill_policy
+    assert policy is not None and policy.max_partitions_per_run == 7
 
 
 def test_partition_keys_are_utc_day_and_pair() -> None:
