@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from trades_platform.coverage.log_snapshots import (
     SNAPSHOT_AFTER_RECORDS,
     read_log_view,
+    snapshot_due,
     snapshot_parts,
 )
 from trades_platform.settings import KafkaSettings
@@ -125,6 +126,8 @@ class CoverageLogReader:
         self._next_offset: int | None = None
         # Records fetched from the broker so far (what the snapshots keep bounded at a start).
         self.fetched = 0
+        # Whether the log is due a snapshot, as of the first read (`compact_coverage_log`).
+        self.snapshot_due = False
 
     def new_records(self, timeout_seconds: float = 30.0) -> list[tuple[int, str, dict[str, Any]]]:
         """(offset, key, JSON object) of each record from where the last call stopped to the end."""
@@ -132,6 +135,7 @@ class CoverageLogReader:
             view = read_log_view(self._consumer, self.topic, timeout_seconds=timeout_seconds)
             self.rejected.extend(view.rejected)
             self.fetched += view.fetched
+            self.snapshot_due = snapshot_due(view)
             self._next_offset = view.next_offset
             raw = view.records
         else:
@@ -197,9 +201,7 @@ def compact_coverage_log(
         view = read_log_view(consumer, topic, timeout_seconds=30.0)
     finally:
         consumer.close()
-    if view.snapshot_as_of is not None and view.after_snapshot < min_new_records:
-        return 0
-    if not view.records:
+    if not snapshot_due(view, min_new_records):
         return 0
     parts = snapshot_parts(view)
     producer = coverage_producer(settings)

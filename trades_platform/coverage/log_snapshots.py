@@ -120,6 +120,13 @@ def read_log_view(consumer: Consumer, topic: str, *, timeout_seconds: float) -> 
     )
 
 
+def snapshot_due(view: LogView, min_new_records: int = SNAPSHOT_AFTER_RECORDS) -> bool:
+    """True when `min_new_records` or more followed the view's snapshot (or it has none)."""
+    if not view.records:
+        return False
+    return view.snapshot_as_of is None or view.after_snapshot >= min_new_records
+
+
 def snapshot_records(view: LogView, now_ms: int | None = None) -> list[LogRecord]:
     """What a snapshot of `view` keeps: the latest record per kept key, minus holders over."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms

@@ -60,6 +60,7 @@ class ScanCost:
 
     records_read: int = 0
     coverage_records_fetched: int = 0
+    coverage_snapshot_due: bool = False
     # Partitions read from a checkpoint (the rest from offset 0).
     partitions_from_checkpoint: int = 0
     checkpoints_published: int = 0
@@ -90,7 +91,8 @@ def scan_topic_ids(
     ]
     try:
         cost.checkpoints_published = publish_checkpoints(settings, (s.state for s in stale))
-        compact_coverage_log(settings)
+        if cost.coverage_snapshot_due:
+            compact_coverage_log(settings)
     except (TimeoutError, KafkaException, ValueError) as error:
         # The index only saves reading: without it the next read starts further back.
         logger.warning(f"could not update the index of {settings.topic!r}: {error}")
@@ -123,6 +125,7 @@ def read_topic_states(
         partitions = topic_partitions(consumer, settings.topic) or []
         index = load_index(settings, consumer, partitions, timeout_seconds=timeout_seconds)
         cost.coverage_records_fetched += index.coverage_records_fetched
+        cost.coverage_snapshot_due |= index.coverage_snapshot_due
         if index.rejected.count:
             logger.warning(
                 f"{index.rejected.count} checkpoint(s) of {settings.topic!r} rejected, those "

@@ -188,6 +188,7 @@ class LoadedIndex:
     partitions: dict[int, PartitionState]
     rejected: RejectedRecords
     coverage_records_fetched: int
+    coverage_snapshot_due: bool
 
 
 def load_index(
@@ -205,7 +206,7 @@ def load_index(
                 reader.reject(offset, f"{key[:60]!r} is not an index key")
                 continue
             latest[partition] = (offset, value)
-        fetched = reader.fetched
+        fetched, snapshot_due = reader.fetched, reader.snapshot_due
     finally:
         reader.close()
     rejected = reader.rejected
@@ -221,7 +222,7 @@ def load_index(
             rejected.add(0, offset, f"checkpoint of partition {partition}: {str(error)[:200]}")
             continue
         loaded[partition] = state
-    return LoadedIndex(loaded, rejected, fetched)
+    return LoadedIndex(loaded, rejected, fetched, snapshot_due)
 
 
 def publish_checkpoints(settings: KafkaSettings, states: Iterable[PartitionState]) -> int:
