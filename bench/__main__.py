@@ -7,12 +7,15 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench.harness import Harness
-from bench.report import render
+from bench.report import render, render_scale
+from bench.scale import FULL_SCALE, QUICK_SCALE, run_scale
 from bench.suite import FULL, QUICK, run_suite, summarize
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
@@ -28,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help="comma-separated label prefixes to run (partial results)"
     )
     parser.add_argument(
+        "--section",
+        choices=("all", "trade-path", "scale"),
+        default="all",
+        help="the trade path's runs, the scale section (empty topic vs 10 M records), or both",
+    )
+    parser.add_argument(
         "--frame-sizes", default="", help="trades per frame in the live runs, e.g. 1 or 1,2,50"
     )
     args = parser.parse_args(argv)
@@ -39,19 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, frame_sizes=sizes)
     only = tuple(prefix for prefix in args.only.split(",") if prefix)
     started = time.monotonic()
-    rest_trades = config.backfill_trades + 5_000
-    with Harness(rest_trades=rest_trades) as harness:
-        print(
-            f"broker {harness.broker}, replay {harness.ws_url}, "
-            f"logs in {harness.log_dir} (kept if a run fails)"
-        )
-        runs = run_suite(config, harness, only=only)
-    if only:
-        print(json.dumps(runs, indent=2))
-        return 0
-    summary = summarize(config, runs)
-    table = render(summary, config.to_json())
-    results = {
+    results: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpus": os.cpu_count(),
@@ -59,15 +56,34 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
         },
         "config": config.to_json(),
-        "seconds": time.monotonic() - started,
-        "summary": summary,
-        "runs": runs,
-        "table": table,
     }
+    tables: list[str] = []
+    if args.section in ("all", "trade-path"):
+        rest_trades = config.backfill_trades + 5_000
+        with Harness(rest_trades=rest_trades) as harness:
+            print(
+                f"broker {harness.broker}, replay {harness.ws_url}, "
+                f"logs in {harness.log_dir} (kept if a run fails)"
+            )
+            runs = run_suite(config, harness, only=only)
+        if only:
+            print(json.dumps(runs, indent=2))
+            return 0
+        summary = summarize(config, runs)
+        results.update(summary=summary, runs=runs)
+        tables.append(render(summary, config.to_json()))
+    if args.section in ("all", "scale"):
+        log_dir = Path(tempfile.mkdtemp(prefix="trades-bench-scale-"))
+        print(f"scale section, logs in {log_dir}")
+        scale = run_scale(QUICK_SCALE if args.quick else FULL_SCALE, log_dir)
+        results["scale"] = scale
+        tables.append(render_scale(scale))
+    results["seconds"] = time.monotonic() - started
+    results["table"] = "\n\n".join(tables)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print()
-    print(table)
-    print(f"\n{len(runs)} runs in {results['seconds']:.0f}s; results in {args.output}")
+    print(results["table"])
+    print(f"\nbenchmark in {results['seconds']:.0f}s; results in {args.output}")
     return 0
 
 

@@ -151,6 +151,35 @@ def _targets(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_scale(scale: dict[str, Any]) -> str:
+    """The scale section's table: empty topic against one holding older history."""
+    config = scale["config"]
+    history = f"{config['history_records']:,} older records of {config['history_pairs']} pairs"
+    lines = [
+        f"Scale: an empty topic against one holding {history}; median of {config['repeats']}, "
+        "ratios paired within a repetition",
+        f"(history written in {scale['history_write_seconds']:.0f}s; its first read, which "
+        f"builds the index, {scale['first_read_seconds']:.0f}s for "
+        f"{scale['first_read_records']:,} records)",
+        "",
+        _row("measure", "empty topic, s", "with history, s", "history ÷ empty"),
+        _row("---", "---:", "---:", "---:"),
+        _row(
+            "one backfill partition (pacing lifted), with its checks",
+            f"{scale['partition_seconds']['empty']:.1f}",
+            f"{scale['partition_seconds']['history']:.1f}",
+            f"{scale['partition_ratio']:.2f}",
+        ),
+        _row(
+            "live run: start to first acknowledged trade",
+            f"{scale['live_first_ack_seconds']['empty']:.2f}",
+            f"{scale['live_first_ack_seconds']['history']:.2f}",
+            f"{scale['live_first_ack_ratio']:.2f}",
+        ),
+    ]
+    return "\n".join(lines + _targets(scale))
+
+
 def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
     """Markdown tables: live, latency, backfill, resources, targets."""
     lines = (

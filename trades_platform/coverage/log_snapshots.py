@@ -136,7 +136,7 @@ def snapshot_records(view: LogView, now_ms: int | None = None) -> list[LogRecord
         if not key.startswith(tuple(prefix.encode() for prefix in KEPT_KEY_PREFIXES)):
             continue
         decoded = _json_object(value)
-        if decoded is None:
+        if decoded is None or not _holder_record_shape(key, decoded):
             continue  # junk under a kept key: the previous good record stands, as readers judge it
         latest[key] = (offset, key, value)
         values[key] = decoded
@@ -264,6 +264,25 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _holder_record_shape(key: bytes, value: dict[str, Any]) -> bool:
+    """False for a holder's record without the numbers every reader needs from it.
+
+    Readers skip such a record and keep the holder as its previous one described it; a snapshot
+    that kept only the latest record of the key must do the same, so it drops the record here.
+    The full checks stay with the readers (claims.py, window_leases.py).
+    """
+    for acquisition_prefix, beat_prefix in HOLDER_KEYS:
+        if key.startswith(acquisition_prefix.encode()):
+            return type(value.get("acquired_ms")) is int and isinstance(value.get("owner"), str)
+        if key.startswith(beat_prefix.encode()):
+            return (
+                type(value.get("beat")) is int
+                and type(value.get("heartbeat_ms")) is int
+                and isinstance(value.get("owner"), str)
+            )
+    return True
 
 
 def _int_or_zero(value: object) -> int:
