@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -82,6 +82,8 @@ class Stats:
     slow_messages_sent: int = 0
     giant_messages_sent: int = 0
     rest_requests: int = 0
+    # When the latest REST requests arrived (wall clock, s): rates over a window, measured here.
+    rest_request_times: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     # Trades answered by /0/public/Trades, per pair (pages that overlap count twice).
     rest_trades_sent: Counter[str] = field(default_factory=Counter)
     rate_limit_errors: int = 0
@@ -112,6 +114,7 @@ class Stats:
             "slow_messages_sent": self.slow_messages_sent,
             "giant_messages_sent": self.giant_messages_sent,
             "rest_requests": self.rest_requests,
+            "rest_request_times": list(self.rest_request_times),
             "rest_trades_sent": dict(sorted(self.rest_trades_sent.items())),
             "rate_limit_errors": self.rate_limit_errors,
             "rest_unavailable_answers": self.rest_unavailable_answers,

@@ -214,6 +214,7 @@ class Simulator:
         if handler is None:
             return json_response(404, {"error": ["EGeneral:Unknown method"]})
         self.core.stats.rest_requests += 1
+        self.core.stats.rest_request_times.append(time.time())
         response = self._rest_response(connection, endpoint, handler, params)
         delay = self.core.faults.rest_delay_seconds
         if delay > 0 and endpoint in rest.DOWN_OR_DELAYED_BY_FAULT:
