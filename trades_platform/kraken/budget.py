@@ -7,7 +7,8 @@ REST server (and, with `KRAKEN_REST_BUDGET_SCOPE=pair`, per pair for Trades call
 process of the host that talks to that server takes its turn from the same schedule.
 
 It keeps the property of the process-local `Pacer`: a call starts `1/rate` after the previous
-call *ended*, whichever process made it, and no call starts while another one is in flight.
+call was *answered* (its headers arrived; its end if it failed without an answer), whichever
+process made it, and no call starts while another one is in flight.
 Calls landing early are what a strict server-side limiter rejects, and they would, were calls
 only spaced by their starts: a call's answer can take longer than the interval.
 
@@ -141,14 +142,15 @@ class SharedPacer:
             self._forget()
             raise
 
-    def done(self) -> None:
-        """The call that `wait` let through has ended (answered or failed)."""
+    def done(self, answered_at: float | None = None) -> None:
+        """The call that `wait` let through has ended; it was answered at `answered_at` (clock)."""
         with self._state() as state:
             now = self._clock()
+            at = now if answered_at is None else min(answered_at, now)
             holder = state["holder"]
             if holder is not None and holder.get("token") == self._token:
                 state["holder"] = None
-            state["next_at"] = max(float(state["next_at"]), now + self.interval)
+            state["next_at"] = max(float(state["next_at"]), at + self.interval)
 
     def push_back(self, seconds: float) -> None:
         """Hold every process's next call back at least `seconds` from now (a rate limit)."""

@@ -151,17 +151,20 @@ class TradesPage:
 
 class _PacerLike(Protocol):
     def wait(self) -> float: ...
-    def done(self) -> None: ...
+    def done(self, answered_at: float | None = None) -> None: ...
     def push_back(self, seconds: float) -> None: ...
     def pending(self) -> float: ...
 
 
 class Pacer:
-    """At most `rate` calls per second: each call starts 1/rate after the previous one ended.
+    """At most `rate` calls per second: each call starts 1/rate after the previous one was answered.
 
-    Spacing from the end of a call, not its start, keeps the calls 1/rate apart as the server
-    sees them too: spaced starts arrive unevenly (connection set-up, scheduling), and a call
-    landing a millisecond early is exactly what a server's strict limiter rejects.
+    Spacing from the previous call's answer (its headers arriving, or its end when it failed
+    without one), not from its start, keeps the calls 1/rate apart as the server sees them too:
+    the server counted the previous call before it answered, and the next one reaches it after it
+    is sent. Spaced starts arrive unevenly (connection set-up, scheduling), and a call landing a
+    millisecond early is exactly what a server's strict limiter rejects. The body's transfer and
+    parsing need no spacing: the server counted the call already.
     """
 
     def __init__(
@@ -185,9 +188,10 @@ class Pacer:
         self._next_at = now + delay + self.interval
         return delay
 
-    def done(self) -> None:
-        """The call that `wait` let through has ended (answered or failed)."""
-        self._next_at = max(self._next_at or 0.0, self._clock() + self.interval)
+    def done(self, answered_at: float | None = None) -> None:
+        """The call that `wait` let through has ended; it was answered at `answered_at` (clock)."""
+        at = self._clock() if answered_at is None else min(answered_at, self._clock())
+        self._next_at = max(self._next_at or 0.0, at + self.interval)
 
     def push_back(self, seconds: float) -> None:
         """Hold the next call back at least `seconds` from now (after a rate-limit answer)."""
@@ -484,12 +488,21 @@ class KrakenRestClient:
         params: dict[str, str],
         left_seconds: float,
     ) -> Any:
+        answered: list[float] = []
         try:
-            return self._attempt(url, endpoint, params, left_seconds)
+            return self._attempt(url, endpoint, params, left_seconds, answered)
         finally:
-            pacer.done()
+            pacer.done(answered[0] if answered else None)
 
-    def _attempt(self, url: str, endpoint: str, params: dict[str, str], left_seconds: float) -> Any:
+    def _attempt(
+        self,
+        url: str,
+        endpoint: str,
+        params: dict[str, str],
+        left_seconds: float,
+        answered: list[float],
+    ) -> Any:
+        """One GET; `answered` gets the (monotonic) time the answer's headers arrived."""
         # The attempt's deadline; shorter when it is all that is left of the call's time budget.
         if left_seconds < self.settings.timeout_seconds:
             deadline = _Deadline(max(left_seconds, 0.0), "what was left of MAX_CALL_SECONDS")
@@ -508,6 +521,7 @@ class KrakenRestClient:
                 )
             except (requests.ConnectionError, requests.Timeout) as error:
                 raise _Retry(f"{type(error).__name__}: {error}", rate_limited=False) from None
+            answered.append(time.monotonic())
             with response:
                 try:
                     deadline.watch(response)

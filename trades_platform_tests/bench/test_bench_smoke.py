@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-# Runs the whole benchmark in --quick mode: half a minute.
+# Runs the whole benchmark in --quick mode: about a minute.
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,3 +62,15 @@ def test_quick_benchmark_is_well_formed_and_every_trade_acknowledged(tmp_path: P
     for target in summary["targets"]:
         assert set(target) == {"target", "value", "threshold", "comparison", "met"}
     assert "| target |" in results["table"] and results["table"] in done.stdout
+
+    # The scale section: both topics measured in the same repetition, with real numbers.
+    scale = results["scale"]
+    assert [run["label"] for run in scale["runs"]] == ["empty", "history"]
+    assert scale["first_read_records"] >= scale["config"]["history_records"]
+    for run in scale["runs"]:
+        assert run["partition_seconds"] > 0 and run["live_first_ack_seconds"] > 0, run
+    assert [target["target"].split(" (")[0] for target in scale["targets"]] == [
+        "one partition",
+        "live start to first ack",
+    ]
+    assert "history ÷ empty" in results["table"]

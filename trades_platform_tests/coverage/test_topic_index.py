@@ -8,6 +8,8 @@ holds a day of heartbeats.
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -20,6 +22,7 @@ from trades_platform.coverage.coverage_log import (
     coverage_producer,
     publish_and_wait,
 )
+from trades_platform.coverage.index_refresher import IndexRefresher
 from trades_platform.coverage.log_snapshots import (
     INDEX_KEY_PREFIX,
     LOG_WINDOW_RECORDS,
@@ -257,3 +260,26 @@ def test_a_snapshot_part_that_is_not_one_is_skipped_and_the_log_read_from_its_st
         holder.release()
     assert [observed.claim.owner for observed in claims["BTC/USD"]] == ["holder"]
     assert rejected == 3
+
+
+def test_a_live_runs_refresher_keeps_checkpoints_at_the_end_of_the_topic(broker: str) -> None:
+    settings = _settings(broker)
+    failures: list[str] = []
+    refresher = IndexRefresher(settings, interval_seconds=0.2, on_failure=failures.append)
+    refresher.start()
+    try:
+        for batch in range(3):
+            _produce(
+                settings, _trades("BTC/USD", range(batch * 100 + 1, batch * 100 + 101), DAY_ONE_MS)
+            )
+            passes = refresher.passes
+            deadline = time.monotonic() + 30
+            while refresher.passes < passes + 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        refresher.close()
+    assert not failures
+    cost = ScanCost()
+    found = scan_topic_ids(settings, ["BTC/USD"], cost=cost)
+    assert list(found["BTC/USD"].ids) == [(1, 300)]
+    assert cost.records_read == 0 and cost.partitions_from_checkpoint == 1
