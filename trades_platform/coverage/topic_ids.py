@@ -82,15 +82,15 @@ def scan_topic_ids(
     bounds a stall of the read, not its length.
     """
     cost = cost if cost is not None else ScanCost()
-    states = read_topic_states(settings, timeout_seconds=timeout_seconds, cost=cost)
-    stale = [
-        state
-        for state in states.values()
-        if state.records_read >= checkpoint_after_records
-        or (not state.from_checkpoint and state.records_read)
+    reads = read_topic_states(settings, timeout_seconds=timeout_seconds, cost=cost)
+    behind = [
+        read
+        for read in reads.values()
+        if read.records_read >= checkpoint_after_records
+        or (not read.from_checkpoint and read.records_read)
     ]
     try:
-        cost.checkpoints_published = publish_checkpoints(settings, (s.state for s in stale))
+        cost.checkpoints_published = publish_checkpoints(settings, (r.state for r in behind))
         if cost.coverage_snapshot_due:
             compact_coverage_log(settings)
     except (TimeoutError, KafkaException, ValueError) as error:
@@ -100,7 +100,7 @@ def scan_topic_ids(
     for pair in pairs:
         key = message_key_for(pair).encode()
         found[pair] = _pair_ids(
-            [read.state.keys[key] for read in states.values() if key in read.state.keys]
+            [read.state.keys[key] for read in reads.values() if key in read.state.keys]
         )
     return found
 
