@@ -142,16 +142,17 @@ def snapshot_records(view: LogView, now_ms: int | None = None) -> list[LogRecord
         values[key] = decoded
     over: set[bytes] = set()
     for acquisition_prefix, beat_prefix in HOLDER_KEYS:
-        for key, value in values.items():
+        for key, acquisition in values.items():
             if not key.startswith(acquisition_prefix.encode()):
                 continue
             holder = key[len(acquisition_prefix) :]
             beat_key = beat_prefix.encode() + holder
             last_seen_ms = max(
-                _int_or_zero(value.get("acquired_ms")),
+                _int_or_zero(acquisition.get("acquired_ms")),
                 _int_or_zero(values.get(beat_key, {}).get("heartbeat_ms")),
             )
-            if value.get("released") is True or now_ms - last_seen_ms > STALE_HOLDER_SECONDS * 1000:
+            silent_ms = now_ms - last_seen_ms
+            if acquisition.get("released") is True or silent_ms > STALE_HOLDER_SECONDS * 1000:
                 over |= {key, beat_key}
         # A heartbeat whose acquisition is gone (released and dropped before) joins nothing.
         for key in values:
