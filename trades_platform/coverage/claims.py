@@ -178,6 +178,11 @@ class ClaimBoard:
         """Coverage records that were not valid claims or heartbeats, skipped."""
         return self._log.rejected
 
+    @property
+    def records_fetched(self) -> int:
+        """Coverage records fetched from the broker so far (bounded at a start by snapshots)."""
+        return self._log.fetched
+
     def read(self, timeout_seconds: float = 30.0) -> dict[str, list[ObservedClaim]]:
         """Per pair, the claims of every other writer, oldest first, as of the end of the log."""
         for offset, key, value in self._log.new_records(timeout_seconds):

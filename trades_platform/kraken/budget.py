@@ -8,7 +8,9 @@ process of the host that talks to that server takes its turn from the same sched
 
 It keeps the property of the process-local `Pacer`: a call starts `1/rate` after the previous
 call was *answered* (its headers arrived; its end if it failed without an answer), whichever
-process made it, and no call starts while another one is in flight.
+process made it, and no call starts while another one is in flight, for up to two intervals
+after that one started: a call in flight longer has reached the server long since, and a page
+Kraken is slow to answer (a stuck heal) must not hold every backfill back with it.
 Calls landing early are what a strict server-side limiter rejects, and they would, were calls
 only spaced by their starts: a call's answer can take longer than the interval.
 
@@ -48,6 +50,10 @@ POLL_SECONDS = 0.01
 WAITER_STALE_SECONDS = 2.0
 # A call in flight longer than its bound plus this is over for the others, pid alive or not.
 HOLD_MARGIN_SECONDS = 5.0
+# A call in flight holds the others back this many intervals after it started, no longer: it
+# reached the server long before (a page the server takes 100 s to answer must not stop every
+# other process for 100 s), and the next call is still an interval after it arrived.
+IN_FLIGHT_HOLD_INTERVALS = 2.0
 
 BudgetScope = Literal["ip", "pair"]
 Purpose = Literal["heal", "backfill", "other"]
@@ -118,12 +124,14 @@ class SharedPacer:
                     waiters.pop(self._token, None)
                     ahead = [w for w in waiters.values() if Rank(*w["rank"]) < self._rank]
                     free_at = float(state["next_at"])
-                    if state["holder"] is None and now >= free_at and not ahead:
+                    in_flight = _holds_back(state["holder"], now)
+                    if not in_flight and now >= free_at and not ahead:
                         state["holder"] = {
                             "token": self._token,
                             "pid": os.getpid(),
                             "host": _HOST,
                             "until": now + self._hold_seconds + HOLD_MARGIN_SECONDS,
+                            "holds_back_until": now + IN_FLIGHT_HOLD_INTERVALS * self.interval,
                         }
                         # Until `done`, a call in flight holds the next one back a full interval.
                         state["next_at"] = now + self.interval
@@ -134,7 +142,7 @@ class SharedPacer:
                         "host": _HOST,
                         "seen": now,
                     }
-                    busy = state["holder"] is not None or ahead or now >= free_at
+                    busy = in_flight or ahead or now >= free_at
                     delay = POLL_SECONDS if busy else min(free_at - now, WAITER_STALE_SECONDS / 2)
                 self._sleep(delay)
                 slept += delay
@@ -248,6 +256,14 @@ def _alive(entry: dict[str, Any]) -> bool:
     except PermissionError:
         return True  # another user's process
     return True
+
+
+def _holds_back(holder: dict[str, Any] | None, now: float) -> bool:
+    """Whether a call in flight still holds the next call back (IN_FLIGHT_HOLD_INTERVALS)."""
+    if holder is None:
+        return False
+    until = holder.get("holds_back_until")
+    return not isinstance(until, int | float) or now < until
 
 
 def _prune(state: dict[str, Any], now: float) -> None:

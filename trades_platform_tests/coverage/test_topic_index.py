@@ -217,7 +217,7 @@ def test_after_a_day_of_heartbeats_a_start_reads_a_bounded_part_of_the_coverage_
 
         board = ClaimBoard(settings, owner="a-fresh-writer")
         claims = board.read()
-        fetched = board._log.fetched
+        fetched = board.records_fetched
         board.close()
     finally:
         holder.release()

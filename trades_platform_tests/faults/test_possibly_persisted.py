@@ -13,6 +13,7 @@ again: the duplicates this rule exists for.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ from trades_platform_tests.faults.conftest import (
     partition_of,
     run_backfill,
 )
-from trades_platform_tests.support.tcp_proxy import TcpProxy
+from trades_platform_tests.support.tcp_proxy import ProxyStats, TcpProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
@@ -90,8 +91,15 @@ def test_a_page_given_up_on_that_lands_later_is_not_written_twice(
         with second[0] as other:
             assert other.wait(timeout_seconds=180) == 0, other.output[-4000:]
     leader = held[0]
+    # The held page reaches the leader HOLD_SECONDS after it was taken: read the topic only after
+    # that (a fast second run may be done before), or a late copy would be missed. The proxy's
+    # stats outlive a test (the cluster is the session's): only a delivery after this hold counts.
+    deadline = time.monotonic() + HOLD_SECONDS + 30
+    while not _delivered_after_hold(leader.stats) and time.monotonic() < deadline:
+        time.sleep(0.5)
     held_at, delivered_at = leader.stats.held_at, leader.stats.delivered_at
     assert held_at is not None and delivered_at is not None, "no produce request was held"
+    assert delivered_at > held_at, "the held produce request was never delivered"
     assert not first.success, "the held page should have failed the first run"
     failed_step = first.failure_data_for_node("kraken_trades_history")
     assert failed_step is not None and failed_step.error is not None
@@ -119,3 +127,12 @@ def test_a_page_given_up_on_that_lands_later_is_not_written_twice(
         assert int(landed_match.group(1)) == 0
         assert duplicated > 0
     assert POSSIBLY_PERSISTED_SECONDS > HOLD_SECONDS - asset.BACKFILL_PAGE_BOUND_SECONDS
+
+
+def _delivered_after_hold(stats: ProxyStats) -> bool:
+    """Whether the proxy delivered the produce request it last held."""
+    return (
+        stats.held_at is not None
+        and stats.delivered_at is not None
+        and stats.delivered_at > stats.held_at
+    )

@@ -132,6 +132,29 @@ def _hold_and_die(path: str) -> None:
     SharedPacer(path, RATE, hold_seconds=600).wait()
 
 
+def test_a_call_slow_to_answer_holds_the_others_back_two_intervals_not_until_it_ends(
+    tmp_path: Path,
+) -> None:
+    now = [100.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    def clock() -> float:
+        return now[0]
+
+    path = tmp_path / "budget.json"
+    heal = SharedPacer(path, 1.0, purpose="heal", hold_seconds=600, clock=clock, sleep=sleep)
+    backfill = SharedPacer(path, 1.0, purpose="backfill", clock=clock, sleep=sleep)
+    heal.wait()  # a heal page the server will take 100 s to answer
+    assert backfill.wait() == pytest.approx(2.0, abs=0.02)
+    backfill.done()
+    # The slow page's answer comes at last: the next call is an interval after it.
+    now[0] = 200.0
+    heal.done()
+    assert backfill.wait() == pytest.approx(1.0, abs=0.02)
+
+
 def test_the_budget_file_is_per_server_and_per_pair(tmp_path: Path) -> None:
     one = budget_file(tmp_path, "https://api.kraken.com")
     assert one == budget_file(tmp_path, "https://api.kraken.com/")
