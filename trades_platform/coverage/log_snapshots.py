@@ -110,6 +110,18 @@ def read_log_view(consumer: Consumer, topic: str, *, timeout_seconds: float) -> 
         start = earlier
         rejected = RejectedRecords()
         snapshot = _latest_complete_snapshot(read, rejected)
+    if snapshot is not None and snapshot.as_of + 1 < start:
+        # Records between what the snapshot folded in and its own parts (other writers'),
+        # which the window may have begun after.
+        window = list(
+            _raw(
+                read_range(
+                    consumer, topic, 0, snapshot.as_of + 1, start, timeout_seconds=timeout_seconds
+                )
+            )
+        )
+        fetched += len(window)
+        read = window + read
     next_offset = read[-1][0] + 1 if read else start
     log = [record for record in read if not record[1].startswith(SNAPSHOT_KEY_PREFIX.encode())]
     if snapshot is None:

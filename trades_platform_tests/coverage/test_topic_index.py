@@ -27,6 +27,8 @@ from trades_platform.coverage.log_snapshots import (
     INDEX_KEY_PREFIX,
     LOG_WINDOW_RECORDS,
     SNAPSHOT_KEY_PREFIX,
+    read_log_view,
+    snapshot_parts,
 )
 from trades_platform.coverage.topic_ids import ScanCost, scan_topic_ids
 from trades_platform.producer import TradeProducer
@@ -283,3 +285,35 @@ def test_a_live_runs_refresher_keeps_checkpoints_at_the_end_of_the_topic(broker:
     found = scan_topic_ids(settings, ["BTC/USD"], cost=cost)
     assert list(found["BTC/USD"].ids) == [(1, 300)]
     assert cost.records_read == 0 and cost.partitions_from_checkpoint == 1
+
+
+def test_records_between_a_snapshots_fold_and_its_parts_are_read_too(broker: str) -> None:
+    """A snapshot as of offset S is published after other writers appended more than a window:
+    the reader still applies every record after S, not only the window before the parts."""
+    settings = _settings(broker)
+    topic = coverage_topic(settings)
+    holder = TailClaimHolder(settings, ["BTC/USD"], lease_seconds=60.0, owner="early")
+    holder.acquire()
+    try:
+        consumer = Consumer(settings.consumer_config())
+        view = read_log_view(consumer, topic, timeout_seconds=10)
+        consumer.close()
+        parts = snapshot_parts(view)  # as of now: the early holder's acquisition and beats
+        late = TailClaimHolder(settings, ["ETH/USD"], lease_seconds=60.0, owner="late")
+        late.acquire()  # after the snapshot's `as_of`, before its parts
+        raw = Producer({"bootstrap.servers": settings.broker_address, "linger.ms": 5})
+        for beat in range(LOG_WINDOW_RECORDS + 500):
+            for key, value in holder._heartbeat_records(1_000 + beat):
+                raw.produce(topic, key=key.encode(), value=orjson.dumps(value))
+        assert raw.flush(30) == 0
+        publish_and_wait(
+            coverage_producer(settings), topic, parts, timeout_seconds=10, what="parts"
+        )
+        board = ClaimBoard(settings, owner="reader")
+        claims = board.read()
+        board.close()
+        late.release()
+    finally:
+        holder.release()
+    assert [observed.claim.owner for observed in claims["BTC/USD"]] == ["early"]
+    assert [observed.claim.owner for observed in claims["ETH/USD"]] == ["late"]
