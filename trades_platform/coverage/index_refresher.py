@@ -41,10 +41,11 @@ class IndexRefresher:
         self._thread.start()
         return self
 
-    def close(self) -> None:
-        """Stop after the pass under way, if any."""
+    def close(self, timeout_seconds: float = 5.0) -> None:
+        """Stop; a pass under way is left to finish on its own (a daemon thread) after a wait."""
         self._stop.set()
-        self._thread.join()
+        # A pass stuck on an unreachable broker must not hold the run's stop back.
+        self._thread.join(timeout_seconds)
 
     def refresh(self) -> ScanCost:
         """One pass: checkpoint every partition read past its checkpoint; snapshot the log."""
