@@ -64,9 +64,7 @@ def candles_1m(trades: pa.Table, window: PartitionWindow) -> pa.Table:
     ends = np.append(starts[1:], count)
     volume = np.add.reduceat(volumes, starts)
     notional = np.add.reduceat(prices * volumes, starts)
-    columns = {
-        "pair": pa.array([window.pair] * len(starts), type=pa.string()),
-        "minute": pa.array(minutes[starts], type=pa.timestamp("us", tz="UTC")),
+    values = {
         "open": prices[starts],
         "high": np.maximum.reduceat(prices, starts),
         "low": np.minimum.reduceat(prices, starts),
@@ -77,5 +75,10 @@ def candles_1m(trades: pa.Table, window: PartitionWindow) -> pa.Table:
         "first_trade_id": ids[starts],
         "last_trade_id": ids[ends - 1],
     }
-    arrays = [pa.array(columns[field.name], type=field.type) for field in CANDLES_SCHEMA]
+    arrays = [
+        pa.array([window.pair] * len(starts), type=pa.string()),
+        # Microseconds since the epoch are timestamp[us]'s storage.
+        pa.array(minutes[starts], type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        *(pa.array(values[field.name], type=field.type) for field in list(CANDLES_SCHEMA)[2:]),
+    ]
     return pa.Table.from_arrays(arrays, schema=CANDLES_SCHEMA)

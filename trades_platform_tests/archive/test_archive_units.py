@@ -29,7 +29,8 @@ from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.partitions import PartitionWindow
 from trades_platform.backfill.readback import WindowRecord
 from trades_platform.definitions import defs
-from trades_platform.resources import ArchiveResource
+from trades_platform.resources import ArchiveResource, refuse_unsafe_run_config
+from trades_platform.settings import ArchiveSettings, SettingsError
 from trades_platform.trade import Trade
 
 WINDOW = PartitionWindow.for_day("BTC/USD", date(2024, 1, 2))
@@ -247,3 +248,9 @@ def test_the_archive_is_in_the_definitions() -> None:
         spec = next(iter(asset.specs))
         assert spec.freshness_policy is not None
         assert spec.partitions_def == kraken_trades_history.partitions_def
+
+
+def test_a_runs_config_cannot_move_the_archive() -> None:
+    moved = {"resources": {"archive": {"config": {"url": "s3://someone-elses-bucket"}}}}
+    with pytest.raises(SettingsError, match="ARCHIVE_URL"):
+        refuse_unsafe_run_config(moved, ArchiveSettings, ArchiveResource.environment_only)
