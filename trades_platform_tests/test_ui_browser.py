@@ -4,6 +4,8 @@ The platform runs as `make run` starts it (launcher, broker, simulator, webserve
 test sees the live run on the Runs page, materializes one past day of one pair from the asset
 page's Materialize dialog, waits on the run page for success, and reads the partition's record
 count on the asset page, which must be exactly the simulator's number of trades in that day.
+Then, without a click, the automation sensor archives that day (Parquet file and candles, with
+their checks), and the asset graph shows topic -> Parquet -> candles.
 Screenshots of every step land in test-artifacts/ui/ (docs/screenshots/ keeps copies for the
 README).
 """
@@ -21,7 +23,13 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from trades_platform.backfill.partitions import PartitionWindow
 from trades_platform.simulator.market import SimulatedMarket
 from trades_platform.testing import unique_topic
-from trades_platform_tests.support.stack import PROJECT_ROOT, RunningStack, running_stack
+from trades_platform_tests.support.stack import (
+    FINISHED,
+    PROJECT_ROOT,
+    RunningStack,
+    running_stack,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack]
 
@@ -45,6 +53,8 @@ DAY, PAIR = "2024-01-02", "BTC/USD"
 # The live run must be up within this; the daemon's first sensor tick comes about 30 s in.
 LIVE_RUN_SECONDS = 150
 BACKFILL_SECONDS = 120
+# The automation sensor ticks every 30 s; the run's steps are processes of their own.
+ARCHIVE_SECONDS = 300
 
 
 def expected_trades(pair: str, day: str) -> int:
@@ -66,6 +76,7 @@ def stack(broker: str, tmp_path: Path) -> Iterator[RunningStack]:
         "KRAKEN_PAIRS": ",".join(PAIRS),
         "SIMULATOR_TRADES_PER_SECOND": str(TRADES_PER_SECOND),
         "KRAKEN_REST_REQUESTS_PER_SECOND": "50",
+        "ARCHIVE_URL": str(tmp_path / "archive"),
     }
     with running_stack(env, tmp_path / "launcher.log") as running:
         yield running
@@ -184,3 +195,32 @@ def _tour(page: Page, stack: RunningStack, expected: int) -> None:
     assert int(shown.replace(",", "")) == expected, (
         f"the UI shows {shown} trades for {DAY}|{PAIR}; the simulator served {expected}"
     )
+
+    # 6. Without a click: the automation sensor archives the day (Parquet file, candles, checks).
+    key = f"{DAY}|{PAIR}"
+    archived = wait_for(
+        f"the automation sensor's archive run of {key}",
+        lambda: _finished_archive_run(stack, key),
+        ARCHIVE_SECONDS,
+        stack,
+    )
+    assert archived["status"] == "SUCCESS", archived
+
+    # 7. The asset graph: the topic's day -> its Parquet file -> its candles, checks green.
+    page.goto(f"{stack.url}/asset-groups")
+    for name in ("kraken_trades_history", "kraken_trades_parquet", "kraken_candles_1m"):
+        expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=30_000)
+    _shot(page, "06-asset-graph-archive.png")
+
+
+def _finished_archive_run(stack: RunningStack, key: str) -> dict[str, object] | None:
+    """The archive run the automation sensor launched for the partition, once it is over."""
+    for run in stack.runs("__ASSET_JOB"):
+        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+        if (
+            tags.get("dagster/sensor_name") == "archive_automation_sensor"
+            and tags.get("dagster/partition") == key
+            and run["status"] in FINISHED
+        ):
+            return dict(run)
+    return None

@@ -25,8 +25,10 @@ ARCHIVE_GROUP = "archive"
 # by its Parquet and candles. Like eager, it waits while an upstream partition is missing or
 # running, and does not act on partitions that were already missing when it was turned on
 # (materialize those once from the UI).
-ARCHIVE_AUTOMATION = AutomationCondition.eager().without(
-    AutomationCondition.in_latest_time_window()
+ARCHIVE_AUTOMATION = (
+    AutomationCondition.eager()
+    .without(AutomationCondition.in_latest_time_window())
+    .with_label("eager, any day")
 )
 # Read with the definitions: the policy is part of them.
 ARCHIVE_FRESHNESS = FreshnessPolicy.time_window(
