@@ -8,8 +8,11 @@ import pandas as pd
 from confluent_kafka import Producer
 from dagster import (
     AssetCheckSeverity,
+    AssetSelection,
     DagsterInstance,
+    Definitions,
     ExecuteInProcessResult,
+    define_asset_job,
     instance_for_test,
     materialize,
 )
@@ -25,7 +28,7 @@ from trades_platform.archive.checks import (
 )
 from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.checks import kraken_trades_history_checks
-from trades_platform.backfill.partitions import PartitionWindow
+from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
 from trades_platform.producer import TradeProducer
 from trades_platform.resources import ArchiveResource, RedpandaResource
 from trades_platform.settings import KafkaSettings
@@ -177,6 +180,52 @@ def test_a_day_missing_a_trade_in_the_topic_fails_the_parquet_check(
             instance,
             raise_on_error=False,
         )
+        # The missing trade lands late (a heal): the file no longer matches the topic...
+        late = TradeProducer(settings)
+        try:
+            late.send([_trade(market, left_out)])
+            late.flush()
+        finally:
+            late.close()
+        checks_only = (
+            Definitions(
+                assets=[kraken_trades_parquet],
+                asset_checks=[kraken_trades_parquet_checks],
+                jobs=[
+                    define_asset_job(
+                        "parquet_checks",
+                        selection=AssetSelection.checks_for_assets(kraken_trades_parquet),
+                        partitions_def=TRADES_HISTORY_PARTITIONS,
+                    )
+                ],
+                resources=resources,
+            )
+            .resolve_job_def("parquet_checks")
+            # Dagster refuses `partition_key` for a run of checks alone (no asset to take the
+            # partitions from); the partition's tags are what the run goes by.
+            .execute_in_process(
+                tags={
+                    "dagster/partition": key,
+                    "dagster/partition/date": window.day.isoformat(),
+                    "dagster/partition/pair": window.pair,
+                },
+                instance=instance,
+                raise_on_error=False,
+            )
+        )
+        stale = _checks(checks_only)
+        # ...and a re-run of the partition catches up: every check passes.
+        caught_up = _materialize(
+            [kraken_trades_parquet, kraken_trades_parquet_checks], key, resources, instance
+        )
+
+    assert not stale[PARQUET_TOPIC_CHECK].passed
+    assert stale[PARQUET_TOPIC_CHECK].metadata["missing_from_parquet"].value == 1
+    assert stale[PARQUET_TOPIC_CHECK].metadata["examples"].value["missing_from_parquet"] == [
+        left_out
+    ]
+    assert all(check.passed for check in caught_up.get_asset_check_evaluations())
+    assert _metadata(caught_up, "kraken_trades_parquet")["dagster/row_count"] == len(ids)
 
     metadata = _metadata(result, "kraken_trades_parquet")
     assert metadata["dagster/row_count"] == len(ids) - 1
