@@ -13,6 +13,7 @@ README).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -55,6 +56,8 @@ LIVE_RUN_SECONDS = 150
 BACKFILL_SECONDS = 120
 # The automation sensor ticks every 30 s; the run's steps are processes of their own.
 ARCHIVE_SECONDS = 300
+# The daemon evaluates freshness policies every 30 s.
+FRESHNESS_SECONDS = 120
 
 
 def expected_trades(pair: str, day: str) -> int:
@@ -206,11 +209,31 @@ def _tour(page: Page, stack: RunningStack, expected: int) -> None:
     )
     assert archived["status"] == "SUCCESS", archived
 
-    # 7. The asset graph: the topic's day -> its Parquet file -> its candles, checks green.
-    page.goto(f"{stack.url}/asset-groups")
+    # 7. The asset graph around the Parquet day: the topic's day (kraken_trades_history) ->
+    # its Parquet file -> its candles, each with its two checks passed.
+    page.goto(f"{stack.url}/assets/kraken_trades_parquet?view=lineage")
     for name in ("kraken_trades_history", "kraken_trades_parquet", "kraken_candles_1m"):
         expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("2 / 2 Passed")).to_have_count(3, timeout=30_000)
     _shot(page, "06-asset-graph-archive.png")
+
+    # 8. The Parquet asset's page: its freshness policy, as the daemon evaluated it (every 30 s;
+    # the page shows a new evaluation when it is loaded again).
+    overview = f"{stack.url}/assets/kraken_trades_parquet?view=overview"
+    passing = page.get_by_text("Passing", exact=True).first
+    deadline = time.monotonic() + FRESHNESS_SECONDS
+    while True:
+        page.goto(overview)
+        expect(
+            page.get_by_text("Fails if more than 26 hours since last materialization")
+        ).to_be_visible(timeout=30_000)
+        try:
+            expect(passing).to_be_visible(timeout=10_000)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+    _shot(page, "07-archive-freshness.png")
 
 
 def _finished_archive_run(stack: RunningStack, key: str) -> dict[str, object] | None:

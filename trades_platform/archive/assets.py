@@ -54,7 +54,7 @@ def _column_schema(columns: dict[str, str], schema: Any) -> TableSchema:
     description=(
         "One pair's trades of one UTC day, read from the trades topic (whatever wrote them: "
         "backfill, live, heal), as one Parquet file under ARCHIVE_URL: "
-        "trades/<PAIR>/<YYYY-MM-DD>.parquet. Every record is validated against the trade "
+        "`trades/<PAIR>/<YYYY-MM-DD>.parquet`. Every record is validated against the trade "
         "schema (invalid ones are counted and skipped); rows are unique by trade_id and sorted "
         "by it. Written atomically; a re-run writes the same bytes."
     ),
@@ -124,7 +124,7 @@ def kraken_trades_parquet(
         "1-minute candles (open, high, low, close, volume, vwap, trade_count, first/last "
         "trade id) of one pair's UTC day, by trade time, from its Parquet day; minutes without "
         "trades have no row. One Parquet file under ARCHIVE_URL: "
-        "candles_1m/<PAIR>/<YYYY-MM-DD>.parquet."
+        "`candles_1m/<PAIR>/<YYYY-MM-DD>.parquet`."
     ),
     kinds={"parquet", "pandas"},
     group_name=ARCHIVE_GROUP,
