@@ -184,10 +184,13 @@ def test_the_leader_killed_during_a_backfill_loses_nothing(
     assert sorted(record.value["trade_id"] for record in records) == expected
     metadata = backfill_metadata(runs[-1])
     if not result.success:
-        # It failed loudly, naming the trades the broker did not acknowledge in time.
+        # It failed loudly: a page the broker did not acknowledge in time, or the read of the
+        # live claims before a page, whose partition lost its leader too (5 s bound).
         failure = result.failure_data_for_node("kraken_trades_history")
         assert failure is not None and failure.error is not None
-        assert "not acknowledged" in failure.error.to_string()
+        error = failure.error.to_string()
+        loud = ("not acknowledged", "got no message and no end of partition")
+        assert any(reason in error for reason in loud), error[-2000:]
     print(
         f"[faults] failover-backfill: {kill.describe()}; runs "
         f"{[run.success for run in runs]}; {len(expected)} trades of the day once; last run wrote "
