@@ -160,9 +160,10 @@ class KafkaSettings(SettingsGroup):
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
-            # Readers read to the end and stop: a fetch that finds nothing new should say so at
-            # once, not after librdkafka's 500 ms default (measured: 1 s per read of a short log).
-            "fetch.wait.max.ms": 10,
+            # Readers read to the end and stop: a fetch that finds nothing new should say so
+            # soon, not after librdkafka's 500 ms default (measured: 1 s per read of a short
+            # log); not at once either, since a reader stays assigned between its reads.
+            "fetch.wait.max.ms": 100,
         }
 
 

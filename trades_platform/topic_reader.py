@@ -6,7 +6,6 @@ tansu answers "latest" with the last batch's base offset + 1, which would cut a 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -86,13 +85,7 @@ def read_to_end(
     if not start_offsets:
         return
     consumer.assign([TopicPartition(topic, p, offset) for p, offset in start_offsets.items()])
-    try:
-        yield from _read_assigned(consumer, topic, set(start_offsets), stop_at, timeout_seconds)
-    finally:
-        # An assigned consumer keeps fetching in the background (every fetch.wait.max.ms, short
-        # here): a reader that reads again later assigns again.
-        with contextlib.suppress(RuntimeError):  # closed already (an abandoned read)
-            consumer.unassign()
+    yield from _read_assigned(consumer, topic, set(start_offsets), stop_at, timeout_seconds)
 
 
 def _read_assigned(
