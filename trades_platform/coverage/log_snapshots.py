@@ -44,6 +44,10 @@ HOLDER_KEYS = (LIVE_CLAIM_KEYS, WINDOW_LEASE_KEYS)
 # Keys of the trades topic's index (topic_index.py): kept by snapshots like the holders' records.
 INDEX_KEY_PREFIX = "index|"
 KEPT_KEY_PREFIXES = (*(prefix for keys in HOLDER_KEYS for prefix in keys), INDEX_KEY_PREFIX)
+# The same prefixes as the bytes of message keys, encoded once (they are matched per record).
+_RAW_SNAPSHOT_PREFIX = SNAPSHOT_KEY_PREFIX.encode()
+_RAW_KEPT_PREFIXES = tuple(prefix.encode() for prefix in KEPT_KEY_PREFIXES)
+_RAW_HOLDER_KEYS = tuple((acquisition.encode(), beat.encode()) for acquisition, beat in HOLDER_KEYS)
 
 # A fresh reader reads this many records back from the end at a time, looking for a snapshot.
 LOG_WINDOW_RECORDS = 2_000
@@ -123,7 +127,7 @@ def read_log_view(consumer: Consumer, topic: str, *, timeout_seconds: float) -> 
         fetched += len(window)
         read = window + read
     next_offset = read[-1][0] + 1 if read else start
-    log = [record for record in read if not record[1].startswith(SNAPSHOT_KEY_PREFIX.encode())]
+    log = [record for record in read if not record[1].startswith(_RAW_SNAPSHOT_PREFIX)]
     if snapshot is None:
         return LogView(log, next_offset, None, fetched, len(log), rejected)
     after = [record for record in log if record[0] > snapshot.as_of]
@@ -145,7 +149,7 @@ def snapshot_records(view: LogView, now_ms: int | None = None) -> list[LogRecord
     latest: dict[bytes, LogRecord] = {}
     values: dict[bytes, dict[str, Any]] = {}
     for offset, key, value in view.records:
-        if not key.startswith(tuple(prefix.encode() for prefix in KEPT_KEY_PREFIXES)):
+        if not key.startswith(_RAW_KEPT_PREFIXES):
             continue
         decoded = _json_object(value)
         if decoded is None or not _holder_record_shape(key, decoded):
@@ -153,12 +157,12 @@ def snapshot_records(view: LogView, now_ms: int | None = None) -> list[LogRecord
         latest[key] = (offset, key, value)
         values[key] = decoded
     over: set[bytes] = set()
-    for acquisition_prefix, beat_prefix in HOLDER_KEYS:
+    for acquisition_prefix, beat_prefix in _RAW_HOLDER_KEYS:
         for key, acquisition in values.items():
-            if not key.startswith(acquisition_prefix.encode()):
+            if not key.startswith(acquisition_prefix):
                 continue
             holder = key[len(acquisition_prefix) :]
-            beat_key = beat_prefix.encode() + holder
+            beat_key = beat_prefix + holder
             last_seen_ms = max(
                 _int_or_zero(acquisition.get("acquired_ms")),
                 _int_or_zero(values.get(beat_key, {}).get("heartbeat_ms")),
@@ -168,9 +172,9 @@ def snapshot_records(view: LogView, now_ms: int | None = None) -> list[LogRecord
                 over |= {key, beat_key}
         # A heartbeat whose acquisition is gone (released and dropped before) joins nothing.
         for key in values:
-            if key.startswith(beat_prefix.encode()):
+            if key.startswith(beat_prefix):
                 holder = key[len(beat_prefix) :]
-                if acquisition_prefix.encode() + holder not in values:
+                if acquisition_prefix + holder not in values:
                     over.add(key)
     return sorted(record for key, record in latest.items() if key not in over)
 
@@ -209,7 +213,7 @@ def _latest_complete_snapshot(read: list[LogRecord], rejected: RejectedRecords) 
     """The snapshot with the highest `as_of` whose every part is in `read`, merged into one."""
     by_snapshot: dict[str, dict[int, _Part]] = {}
     for offset, key, value in read:
-        if not key.startswith(SNAPSHOT_KEY_PREFIX.encode()):
+        if not key.startswith(_RAW_SNAPSHOT_PREFIX):
             continue
         try:
             part = _part_from_record(offset, value)
@@ -286,10 +290,10 @@ def _holder_record_shape(key: bytes, value: dict[str, Any]) -> bool:
     that kept only the latest record of the key must do the same, so it drops the record here.
     The full checks stay with the readers (claims.py, window_leases.py).
     """
-    for acquisition_prefix, beat_prefix in HOLDER_KEYS:
-        if key.startswith(acquisition_prefix.encode()):
+    for acquisition_prefix, beat_prefix in _RAW_HOLDER_KEYS:
+        if key.startswith(acquisition_prefix):
             return type(value.get("acquired_ms")) is int and isinstance(value.get("owner"), str)
-        if key.startswith(beat_prefix.encode()):
+        if key.startswith(beat_prefix):
             return (
                 type(value.get("beat")) is int
                 and type(value.get("heartbeat_ms")) is int
