@@ -13,8 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench.archive import FULL_ARCHIVE, QUICK_ARCHIVE, run_archive
 from bench.harness import Harness
-from bench.report import render, render_scale
+from bench.report import render, render_archive, render_scale
 from bench.scale import FULL_SCALE, QUICK_SCALE, run_scale
 from bench.suite import FULL, QUICK, run_suite, summarize
 
@@ -32,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--section",
-        choices=("all", "trade-path", "scale"),
+        choices=("all", "trade-path", "scale", "archive"),
         default="all",
-        help="the trade path's runs, the scale section (empty topic vs 10 M records), or both",
+        help="the trade path's runs, the scale section (empty topic vs 10 M records), the "
+        "archive section (one day of 100,000 trades -> Parquet and candles), or all three",
     )
     parser.add_argument(
         "--frame-sizes", default="", help="trades per frame in the live runs, e.g. 1 or 1,2,50"
@@ -78,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         scale = run_scale(QUICK_SCALE if args.quick else FULL_SCALE, log_dir)
         results["scale"] = scale
         tables.append(render_scale(scale))
+    if args.section in ("all", "archive"):
+        log_dir = Path(tempfile.mkdtemp(prefix="trades-bench-archive-"))
+        print(f"archive section, logs in {log_dir}")
+        archive = run_archive(QUICK_ARCHIVE if args.quick else FULL_ARCHIVE, log_dir)
+        results["archive"] = archive
+        tables.append(render_archive(archive))
     results["seconds"] = time.monotonic() - started
     results["table"] = "\n\n".join(tables)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

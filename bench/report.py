@@ -180,6 +180,32 @@ def render_scale(scale: dict[str, Any]) -> str:
     return "\n".join(lines + _targets(scale))
 
 
+def render_archive(archive: dict[str, Any]) -> str:
+    """The archive section's table: one day's Parquet file and candles from the topic."""
+    config = archive["config"]
+    lines = [
+        f"Archive: one pair's day of {config['trades']:,} trades in the topic -> its Parquet "
+        f"file and 1-minute candles; median of {config['repeats']}",
+        f"(Parquet {archive['parquet_bytes']:,} bytes; {archive['candles_rows']:,} candles, "
+        f"{archive['candles_bytes']:,} bytes)",
+        "",
+        _row("step", "asset alone, s", "with its checks, s"),
+        _row("---", "---:", "---:"),
+        _row(
+            "kraken_trades_parquet: read the day back, validate, sort, write "
+            f"(of which the topic read {archive['parquet_read_seconds']:.2f} s)",
+            f"{archive['parquet_asset_seconds']:.2f}",
+            f"{archive['parquet_total_seconds']:.2f}",
+        ),
+        _row(
+            "kraken_candles_1m: read the Parquet day, compute, write",
+            f"{archive['candles_asset_seconds']:.2f}",
+            f"{archive['candles_total_seconds']:.2f}",
+        ),
+    ]
+    return "\n".join(lines)
+
+
 def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
     """Markdown tables: live, latency, backfill, resources, targets."""
     lines = (

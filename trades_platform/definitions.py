@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from trades_platform.archive.assets import kraken_candles_1m, kraken_trades_parquet
+from trades_platform.archive.automation import archive_automation_sensor
+from trades_platform.archive.checks import kraken_candles_1m_checks, kraken_trades_parquet_checks
 from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.checks import kraken_trades_history_checks
 from trades_platform.backfill.job import backfill_trades_job, daily_backfill_schedule
@@ -15,7 +18,7 @@ from trades_platform.live.observations import (
     pairs_are_fresh,
 )
 from trades_platform.live.sensor import live_trades_sensor
-from trades_platform.resources import KrakenResource, RedpandaResource
+from trades_platform.resources import ArchiveResource, KrakenResource, RedpandaResource
 from trades_platform.settings import check_environment
 
 # A bad setting fails here, naming its variable, not later inside a run or a sensor tick.
@@ -27,14 +30,20 @@ def build_resources() -> dict[str, object]:
     return {
         "kraken": KrakenResource.from_environment(),
         "redpanda": RedpandaResource.from_environment(),
+        "archive": ArchiveResource.from_environment(),
     }
 
 
 defs = Definitions(
-    assets=[kraken_trades_history, kraken_trades_live],
-    asset_checks=[kraken_trades_history_checks, pairs_are_fresh],
+    assets=[kraken_trades_history, kraken_trades_live, kraken_trades_parquet, kraken_candles_1m],
+    asset_checks=[
+        kraken_trades_history_checks,
+        pairs_are_fresh,
+        kraken_trades_parquet_checks,
+        kraken_candles_1m_checks,
+    ],
     jobs=[live_trades_job, backfill_trades_job, live_freshness_job],
     schedules=[daily_backfill_schedule, live_freshness_schedule],
-    sensors=[live_trades_sensor],
+    sensors=[live_trades_sensor, archive_automation_sensor],
     resources=build_resources(),
 )

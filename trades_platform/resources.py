@@ -1,4 +1,4 @@
-"""Dagster resources: the Kraken client and the Redpanda (Kafka) producer."""
+"""Dagster resources: the Kraken client, the Redpanda (Kafka) producer, the Parquet archive."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from trades_platform.kraken.websocket import (
 )
 from trades_platform.producer import TradeProducer
 from trades_platform.settings import (
+    ArchiveSettings,
     KafkaSettings,
     KrakenSettings,
     SettingsError,
@@ -269,3 +270,18 @@ class RedpandaResource(_MirroredResource):
             yield producer
         finally:
             producer.close()
+
+
+class ArchiveResource(_MirroredResource):
+    """Where the Parquet archive of the topic and its candles are written (`ARCHIVE_URL`)."""
+
+    settings_model: ClassVar[type[SettingsGroup]] = ArchiveSettings
+    # Where data goes: the environment's choice, never a run's config (see _MirroredResource).
+    environment_only: ClassVar[frozenset[str]] = frozenset({"url"})
+
+    url: str = _mirror(ArchiveSettings, "url")
+
+    def archive_settings(self) -> ArchiveSettings:
+        """The resource's values, checked by the settings model (the freshness bound is read
+        with the definitions, not per run)."""
+        return ArchiveSettings(url=self.url)

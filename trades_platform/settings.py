@@ -1,7 +1,7 @@
 """Every setting of the platform, once: its environment variable, default, description and check.
 
 Each group is a pydantic model (`KafkaSettings`, `KrakenSettings`, `LiveSettings`,
-`BackfillSettings`) whose field `name` is read from the variable `<PREFIX><NAME>`
+`BackfillSettings`, `ArchiveSettings`) whose field `name` is read from the variable `<PREFIX><NAME>`
 (`KAFKA_TOPIC_PARTITIONS` is `KafkaSettings.topic_partitions`). `from_environment` reads and
 checks a group at once; a bad value fails there, naming the variable and what it allows. Code
 and tests build the models directly with keyword arguments; only `from_environment` looks at the
@@ -313,6 +313,26 @@ class BackfillSettings(SettingsGroup):
     )
 
 
+class ArchiveSettings(SettingsGroup):
+    """Where the Parquet archive and the candles of each day go, and how fresh they should be."""
+
+    ENV_PREFIX: ClassVar[str] = "ARCHIVE_"
+    url: str = Field(
+        default=".archive",
+        min_length=1,
+        description="Base of the Parquet archive: a local directory (relative to the code "
+        "location's working directory) or an fsspec URL such as s3://bucket/prefix (needs the "
+        "optional dependency s3fs)",
+    )
+    freshness_hours: float = Field(
+        default=26.0,
+        gt=0,
+        le=24 * 30,
+        description="The archive assets' freshness policy fails when no day was archived for "
+        "this long (the nightly backfill runs at 00:15 UTC; 26 h leaves it two hours)",
+    )
+
+
 def from_environment(model: type[M]) -> M:
     """The group's settings from the environment (unset variables keep their defaults).
 
@@ -338,7 +358,7 @@ def from_environment(model: type[M]) -> M:
 
 def check_environment() -> None:
     """Read every group once, so that a bad value fails when the definitions load."""
-    for model in (KafkaSettings, KrakenSettings, LiveSettings, BackfillSettings):
+    for model in (KafkaSettings, KrakenSettings, LiveSettings, BackfillSettings, ArchiveSettings):
         from_environment(model)
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from trades_platform.resources import KrakenResource, RedpandaResource
+from trades_platform.resources import ArchiveResource, KrakenResource, RedpandaResource
 from trades_platform.settings import (
+    ArchiveSettings,
     BackfillSettings,
     KafkaSettings,
     KrakenSettings,
@@ -55,14 +56,25 @@ def test_a_bad_value_fails_the_definitions_at_load_naming_the_variable(
 def test_unset_variables_keep_the_defaults_written_in_the_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in ("KAFKA_TOPIC", "KAFKA_TOPIC_PARTITIONS", "KRAKEN_PAIRS", "LIVE_SHARDS"):
+    for name in (
+        "KAFKA_TOPIC",
+        "KAFKA_TOPIC_PARTITIONS",
+        "KRAKEN_PAIRS",
+        "LIVE_SHARDS",
+        "ARCHIVE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert from_environment(KafkaSettings) == KafkaSettings()
     assert from_environment(KrakenSettings).pairs == ("BTC/USD", "ETH/USD")
     assert from_environment(LiveSettings).shards == 1
     assert from_environment(BackfillSettings).start_date.isoformat() == "2024-01-01"
     # The resources mirror them: the same defaults, the variable named in each description.
-    for resource, model in ((RedpandaResource, KafkaSettings), (KrakenResource, KrakenSettings)):
+    assert from_environment(ArchiveSettings).url == ".archive"
+    for resource, model in (
+        (RedpandaResource, KafkaSettings),
+        (KrakenResource, KrakenSettings),
+        (ArchiveResource, ArchiveSettings),
+    ):
         for name, info in resource.model_fields.items():
             default = default_of(model, name)
             assert info.default == (list(default) if isinstance(default, tuple) else default)
@@ -123,7 +135,7 @@ def test_only_the_settings_module_reads_the_environment() -> None:
 def test_the_readme_lists_every_setting() -> None:
     """The configuration table names every variable the settings read, and no other of theirs."""
     readme = (PACKAGE.parent / "README.md").read_text()
-    groups = (KafkaSettings, KrakenSettings, LiveSettings, BackfillSettings)
+    groups = (KafkaSettings, KrakenSettings, LiveSettings, BackfillSettings, ArchiveSettings)
     variables = {model.variable(name) for model in groups for name in model.model_fields}
     missing = sorted(variable for variable in variables if f"`{variable}`" not in readme)
     assert missing == []

@@ -4,6 +4,8 @@ The platform runs as `make run` starts it (launcher, broker, simulator, webserve
 test sees the live run on the Runs page, materializes one past day of one pair from the asset
 page's Materialize dialog, waits on the run page for success, and reads the partition's record
 count on the asset page, which must be exactly the simulator's number of trades in that day.
+Then, without a click, the automation sensor archives that day (Parquet file and candles, with
+their checks), and the asset graph shows topic -> Parquet -> candles.
 Screenshots of every step land in test-artifacts/ui/ (docs/screenshots/ keeps copies for the
 README).
 """
@@ -11,6 +13,7 @@ README).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -21,7 +24,13 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from trades_platform.backfill.partitions import PartitionWindow
 from trades_platform.simulator.market import SimulatedMarket
 from trades_platform.testing import unique_topic
-from trades_platform_tests.support.stack import PROJECT_ROOT, RunningStack, running_stack
+from trades_platform_tests.support.stack import (
+    FINISHED,
+    PROJECT_ROOT,
+    RunningStack,
+    running_stack,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack]
 
@@ -45,6 +54,10 @@ DAY, PAIR = "2024-01-02", "BTC/USD"
 # The live run must be up within this; the daemon's first sensor tick comes about 30 s in.
 LIVE_RUN_SECONDS = 150
 BACKFILL_SECONDS = 120
+# The automation sensor ticks every 30 s; the run's steps are processes of their own.
+ARCHIVE_SECONDS = 300
+# The daemon evaluates freshness policies every 30 s.
+FRESHNESS_SECONDS = 120
 
 
 def expected_trades(pair: str, day: str) -> int:
@@ -66,6 +79,7 @@ def stack(broker: str, tmp_path: Path) -> Iterator[RunningStack]:
         "KRAKEN_PAIRS": ",".join(PAIRS),
         "SIMULATOR_TRADES_PER_SECOND": str(TRADES_PER_SECOND),
         "KRAKEN_REST_REQUESTS_PER_SECOND": "50",
+        "ARCHIVE_URL": str(tmp_path / "archive"),
     }
     with running_stack(env, tmp_path / "launcher.log") as running:
         yield running
@@ -184,3 +198,52 @@ def _tour(page: Page, stack: RunningStack, expected: int) -> None:
     assert int(shown.replace(",", "")) == expected, (
         f"the UI shows {shown} trades for {DAY}|{PAIR}; the simulator served {expected}"
     )
+
+    # 6. Without a click: the automation sensor archives the day (Parquet file, candles, checks).
+    key = f"{DAY}|{PAIR}"
+    archived = wait_for(
+        f"the automation sensor's archive run of {key}",
+        lambda: _finished_archive_run(stack, key),
+        ARCHIVE_SECONDS,
+        stack,
+    )
+    assert archived["status"] == "SUCCESS", archived
+
+    # 7. The asset graph around the Parquet day: the topic's day (kraken_trades_history) ->
+    # its Parquet file -> its candles, each with its two checks passed.
+    page.goto(f"{stack.url}/assets/kraken_trades_parquet?view=lineage")
+    for name in ("kraken_trades_history", "kraken_trades_parquet", "kraken_candles_1m"):
+        expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("2 / 2 Passed")).to_have_count(3, timeout=30_000)
+    _shot(page, "06-asset-graph-archive.png")
+
+    # 8. The Parquet asset's page: its freshness policy, as the daemon evaluated it (every 30 s;
+    # the page shows a new evaluation when it is loaded again).
+    overview = f"{stack.url}/assets/kraken_trades_parquet?view=overview"
+    passing = page.get_by_text("Passing", exact=True).first
+    deadline = time.monotonic() + FRESHNESS_SECONDS
+    while True:
+        page.goto(overview)
+        expect(
+            page.get_by_text("Fails if more than 26 hours since last materialization")
+        ).to_be_visible(timeout=30_000)
+        try:
+            expect(passing).to_be_visible(timeout=10_000)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+    _shot(page, "07-archive-freshness.png")
+
+
+def _finished_archive_run(stack: RunningStack, key: str) -> dict[str, object] | None:
+    """The archive run the automation sensor launched for the partition, once it is over."""
+    for run in stack.runs("__ASSET_JOB"):
+        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+        if (
+            tags.get("dagster/sensor_name") == "archive_automation_sensor"
+            and tags.get("dagster/partition") == key
+            and run["status"] in FINISHED
+        ):
+            return dict(run)
+    return None

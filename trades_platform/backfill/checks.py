@@ -116,6 +116,12 @@ def invalid_records(records: Sequence[WindowRecord], window: PartitionWindow) ->
 
 
 def _invalid_reason(record: WindowRecord, window: PartitionWindow) -> str | None:
+    checked = checked_trade(record, window)
+    return checked if isinstance(checked, str) else None
+
+
+def checked_trade(record: WindowRecord, window: PartitionWindow) -> Trade | str:
+    """The record's `Trade` if it is a valid trade of the window's pair, else why it is not."""
     try:
         trade = Trade.model_validate(orjson.loads(record.value))
     except orjson.JSONDecodeError:
@@ -128,7 +134,7 @@ def _invalid_reason(record: WindowRecord, window: PartitionWindow) -> str | None
         return f"pair {trade.pair!r} under the key of {window.pair!r}"
     if trade.timestamp_ms != record.timestamp_ms:
         return "message timestamp differs from the trade time"
-    return None
+    return trade
 
 
 def _ids_by_partition(records: Sequence[WindowRecord]) -> dict[int, list[int]]:
@@ -152,7 +158,7 @@ class ReportedWindow:
     last_id: int | None = None
 
 
-def _reported_window(context: AssetCheckExecutionContext, key: str) -> ReportedWindow:
+def reported_window(context: AssetCheckExecutionContext, key: str) -> ReportedWindow:
     """What the partition's latest materialization reported; nothing if it has none."""
     result = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=_ASSET_KEY, asset_partitions=[key]),
@@ -240,7 +246,7 @@ def _judge_partition(
     selected = {key.name for key in context.selected_asset_check_keys}
 
     if IDS_CHECK in selected:
-        reported = _reported_window(context, key)
+        reported = reported_window(context, key)
         report = id_sequence_report(
             _ids_by_partition(read.records), reported.first_id, reported.last_id, reported.trades
         )

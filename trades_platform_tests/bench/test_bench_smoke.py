@@ -74,3 +74,12 @@ def test_quick_benchmark_is_well_formed_and_every_trade_acknowledged(tmp_path: P
         "live start to first ack",
     ]
     assert "history ÷ empty" in results["table"]
+
+    # The archive section: one day from the topic to its Parquet file and candles, all checked.
+    archive = results["archive"]
+    trades = archive["config"]["trades"]
+    for run in archive["runs"]:
+        assert run["parquet"]["rows"] == trades and run["candles"]["trades"] == trades, run
+        assert run["parquet"]["asset_seconds"] > 0 and run["candles"]["total_seconds"] > 0, run
+    assert archive["parquet_bytes"] > 0 and archive["candles_rows"] > 0
+    assert "kraken_trades_parquet" in results["table"]
