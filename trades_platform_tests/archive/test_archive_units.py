@@ -7,15 +7,18 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 import pytest
+import yaml
 from dagster import (
     AssetKey,
     AssetMaterialization,
+    AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     evaluate_automation_conditions,
     instance_for_test,
 )
 
 from trades_platform.archive.assets import kraken_candles_1m, kraken_trades_parquet
+from trades_platform.archive.automation import ARCHIVE_RUN_TAG
 from trades_platform.archive.candles import CANDLES_SCHEMA, candles_1m
 from trades_platform.archive.parquet import (
     TRADES_SCHEMA,
@@ -29,6 +32,7 @@ from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.partitions import PartitionWindow
 from trades_platform.backfill.readback import WindowRecord
 from trades_platform.definitions import defs
+from trades_platform.dev import PROJECT_ROOT
 from trades_platform.resources import ArchiveResource, refuse_unsafe_run_config
 from trades_platform.settings import ArchiveSettings, SettingsError
 from trades_platform.trade import Trade
@@ -244,6 +248,12 @@ def test_the_archive_is_in_the_definitions() -> None:
     } <= checks
     sensor = defs.resolve_sensor_def("archive_automation_sensor")
     assert sensor.default_status == DefaultSensorStatus.RUNNING
+    # Its runs queue one at a time (dagster.yaml), not all at once after a long backfill.
+    assert isinstance(sensor, AutomationConditionSensorDefinition)
+    assert sensor.run_tags == {ARCHIVE_RUN_TAG: "day"}
+    instance_config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    limits = instance_config["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {"key": ARCHIVE_RUN_TAG, "limit": 1} in limits
     for asset in (kraken_trades_parquet, kraken_candles_1m):
         spec = next(iter(asset.specs))
         assert spec.freshness_policy is not None

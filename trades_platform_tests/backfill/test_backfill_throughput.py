@@ -202,7 +202,7 @@ def _latest_metadata(instance: DagsterInstance, keys: list[str]) -> dict[str, di
 
 
 def _passed_checks(instance: DagsterInstance, keys: list[str]) -> int:
-    """Check evaluations of the partitions that passed."""
+    """Passed check evaluations of these partitions of the backfill asset (not the archive's)."""
     records = instance.get_event_records(
         EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION), limit=1000
     )
@@ -211,8 +211,10 @@ def _passed_checks(instance: DagsterInstance, keys: list[str]) -> int:
     for record in records:
         event = record.event_log_entry.dagster_event
         evaluation = event.event_specific_data if event else None
-        if getattr(evaluation, "partition", None) in wanted and getattr(
-            evaluation, "passed", False
+        if (
+            getattr(evaluation, "asset_key", None) == AssetKey("kraken_trades_history")
+            and getattr(evaluation, "partition", None) in wanted
+            and getattr(evaluation, "passed", False)
         ):
             passed += 1
     return passed
