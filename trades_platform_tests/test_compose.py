@@ -115,12 +115,25 @@ def test_platform_profile_wires_dagster_to_postgres_and_redpanda() -> None:
         assert env["DAGSTER_PG_DB"] == postgres["environment"]["POSTGRES_DB"]
         dockerfile = Path(service["build"]["context"]) / service["build"]["dockerfile"]
         assert dockerfile == PROJECT_ROOT / "docker-compose" / "Dockerfile"
+        # Runs write the archive into a named volume, not into the container's own layer.
+        assert (_volume_target(service, "archive") or "-") == env["ARCHIVE_URL"]
     assert [_published(port) for port in services["dagster-webserver"]["ports"]] == [
         ("127.0.0.1", "3000", "3000")
     ]
     read_only = services["dagster-webserver-read-only"]
     assert read_only["command"][:2] == ["dagster-webserver", "--read-only"]
     assert [_published(port) for port in read_only["ports"]] == [("127.0.0.1", "3001", "3000")]
+
+
+def _volume_target(service: dict[str, Any], volume: str) -> str | None:
+    """Where the service mounts the named volume, as `config` prints it (short or long form)."""
+    for mount in service.get("volumes", []):
+        if isinstance(mount, dict):
+            if mount.get("source") == volume:
+                return str(mount["target"])
+        elif mount.split(":")[0] == volume:
+            return str(mount.split(":")[1])
+    return None
 
 
 def _published(port: str | dict[str, Any]) -> tuple[str, str, str]:

@@ -1,8 +1,9 @@
 """Helpers the tests, the soak, the benchmark and CI share (as `bytewax.testing` does).
 
 Run the Kraken simulator (or another server that prints a ready line) as a real subprocess,
-read a topic back with a real Kafka client, count per pair the ids lost and duplicated, and shape
-live scenarios so that they come out the same at any hour.
+read a topic back with a real Kafka client, make the records of simulated trades, count per
+pair the ids lost and duplicated, and shape live scenarios so that they come out the same at
+any hour.
 They ship with the package (the test suite itself does not), so the soak and CI can import them.
 """
 
@@ -22,6 +23,7 @@ from trades_platform.testing.topic import (
     read_topic,
     unique_topic,
 )
+from trades_platform.testing.trades import simulated_trades
 
 __all__ = [
     "ScriptedHttpServer",
@@ -37,5 +39,6 @@ __all__ = [
     "live_run_totals",
     "once_every_pair_is_written",
     "read_topic",
+    "simulated_trades",
     "unique_topic",
 ]

@@ -33,8 +33,7 @@ from trades_platform.producer import TradeProducer
 from trades_platform.resources import ArchiveResource, RedpandaResource
 from trades_platform.settings import KafkaSettings
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform.testing import SimulatorProcess, unique_topic
-from trades_platform.trade import Trade
+from trades_platform.testing import SimulatorProcess, simulated_trades, unique_topic
 from trades_platform_tests.backfill.conftest import MIDNIGHT_KEY, backfill_resources, expected_ids
 
 ARCHIVE = [
@@ -155,7 +154,7 @@ def test_a_day_missing_a_trade_in_the_topic_fails_the_parquet_check(
     ids = expected_ids(market, key)
     left_out = ids[len(ids) // 2]
     settings = KafkaSettings(broker_address=broker, topic=unique_topic())
-    trades = [_trade(market, trade_id) for trade_id in ids if trade_id != left_out]
+    trades = simulated_trades(market, "BTC/USD", [i for i in ids if i != left_out])
     producer = TradeProducer(settings)
     try:
         producer.send(trades)
@@ -183,7 +182,7 @@ def test_a_day_missing_a_trade_in_the_topic_fails_the_parquet_check(
         # The missing trade lands late (a heal): the file no longer matches the topic...
         late = TradeProducer(settings)
         try:
-            late.send([_trade(market, left_out)])
+            late.send(simulated_trades(market, "BTC/USD", [left_out]))
             late.flush()
         finally:
             late.close()
@@ -241,17 +240,3 @@ def test_a_day_missing_a_trade_in_the_topic_fails_the_parquet_check(
     assert holes.metadata["holes_ids"].value == 1
     assert holes.metadata["problems"].value["holes"] == [f"{left_out}..{left_out}"]
     assert not result.success  # a blocking check that fails fails the run
-
-
-def _trade(market: SimulatedMarket, trade_id: int) -> Trade:
-    simulated = market.trade("BTC/USD", trade_id)
-    return Trade.from_parts(
-        pair="BTC/USD",
-        price=simulated.price,
-        volume=simulated.qty,
-        time_us=simulated.time_us,
-        trade_id=trade_id,
-        side=simulated.side,  # type: ignore[arg-type]
-        ord_type=simulated.ord_type,  # type: ignore[arg-type]
-        source="backfill",
-    )

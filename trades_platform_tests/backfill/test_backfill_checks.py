@@ -18,30 +18,11 @@ from trades_platform.producer import TradeProducer
 from trades_platform.resources import KrakenResource, RedpandaResource
 from trades_platform.settings import KafkaSettings
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform.testing import unique_topic
+from trades_platform.testing import simulated_trades, unique_topic
 from trades_platform.trade import Trade
 from trades_platform_tests.backfill.conftest import expected_ids
 
 KEY = "2024-03-01|BTC/USD"
-
-
-def _trades(market: SimulatedMarket, pair: str, ids: list[int]) -> list[Trade]:
-    trades = []
-    for trade_id in ids:
-        simulated = market.trade(pair, trade_id)
-        trades.append(
-            Trade.from_parts(
-                pair=pair,
-                price=simulated.price,
-                volume=simulated.qty,
-                time_us=simulated.time_us,
-                trade_id=trade_id,
-                side=simulated.side,  # type: ignore[arg-type]
-                ord_type=simulated.ord_type,  # type: ignore[arg-type]
-                source="backfill",
-            )
-        )
-    return trades
 
 
 def _write(broker: str, topic: str, trades: list[Trade]) -> None:
@@ -77,9 +58,9 @@ def test_checks_pass_on_a_complete_day_among_other_pairs_and_days(
     topic = unique_topic()
     ids = expected_ids(market, KEY)
     # Neighbours in the topic: the same day of another pair, the next day of this pair.
-    _write(broker, topic, _trades(market, "ETH/USD", expected_ids(market, "2024-03-01|ETH/USD")))
-    _write(broker, topic, _trades(market, "BTC/USD", ids))
-    _write(broker, topic, _trades(market, "BTC/USD", expected_ids(market, "2024-03-02|BTC/USD")))
+    for key in ("2024-03-01|ETH/USD", KEY, "2024-03-02|BTC/USD"):
+        pair = PartitionWindow.from_key(key).pair
+        _write(broker, topic, simulated_trades(market, pair, expected_ids(market, key)))
 
     checks = _run_checks_only(broker, topic)
 
@@ -94,7 +75,7 @@ def test_ids_check_fails_when_the_topic_misses_trades(broker: str, market: Simul
     topic = unique_topic()
     ids = expected_ids(market, KEY)
     lost = {ids[100], ids[101], ids[5000]}
-    _write(broker, topic, _trades(market, "BTC/USD", [i for i in ids if i not in lost]))
+    _write(broker, topic, simulated_trades(market, "BTC/USD", [i for i in ids if i not in lost]))
 
     checks = _run_checks_only(broker, topic)
 
@@ -114,10 +95,10 @@ def test_records_check_fails_on_records_that_are_not_trades(
 ) -> None:
     topic = unique_topic()
     ids = expected_ids(market, KEY)[:50]
-    _write(broker, topic, _trades(market, "BTC/USD", ids))
+    _write(broker, topic, simulated_trades(market, "BTC/USD", ids))
     window = PartitionWindow.from_key(KEY)
     raw = Producer({"bootstrap.servers": broker})
-    good = _trades(market, "BTC/USD", [ids[-1] + 1])[0].model_dump()
+    good = simulated_trades(market, "BTC/USD", [ids[-1] + 1])[0].model_dump()
     for value in (
         b"{not json",
         Trade.model_construct(**(good | {"price": -1.0})).to_json(),
