@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 COMPOSE_FILE := docker-compose/docker-compose.yml
 # The `docker compose` plugin when present, else the standalone docker-compose.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
-# The test markers `make test-fast` deselects (pyproject.toml lists them); `make test` runs all.
-SLOW_MARKERS := faults or browser or postgres or compose or stack or slow
+# The test markers `make test-fast` deselects (pyproject.toml lists them); `make test` runs all,
+# the `solo` ones alone after the others.
+SLOW_MARKERS := faults or browser or postgres or compose or stack or slow or solo
 # Parallel test workers (pytest-xdist): the suite mostly waits on sockets and leases, so 3 workers
 # on 2 cores take 40 % of the time of one (README). The tests on Apache Kafka share one worker.
 TEST_WORKERS ?= 3
@@ -47,7 +48,8 @@ system-deps: ## Install (apt) and start what the tests need: PostgreSQL, Chromiu
 	.ci/system-deps
 
 test: install system-deps ## Run the whole test suite, as CI does (real broker, simulator, Dagster, Postgres)
-	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not solo"
+	$(BIN)/python -m pytest -m solo
 
 test-fast: install ## The fast tier for development (< 3 min): no faults, browser, Postgres, compose, dev stack
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not ($(SLOW_MARKERS))"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from trades_platform.archive.assets import kraken_candles_1m, kraken_trades_parquet
 from trades_platform.archive.automation import archive_automation_sensor
@@ -46,4 +46,9 @@ defs = Definitions(
     schedules=[daily_backfill_schedule, live_freshness_schedule],
     sensors=[live_trades_sensor, archive_automation_sensor],
     resources=build_resources(),
+    # Runs of assets launched from the UI or by the archive's automation: their steps in the
+    # run's own process. The multiprocess default starts a Python process per step (4 for a
+    # day's archive: Parquet, its checks, candles, theirs), each importing the code location
+    # again; on a small host that CPU is taken from the backfill's paging and the live run.
+    executor=in_process_executor,
 )

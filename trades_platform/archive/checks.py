@@ -12,7 +12,7 @@ a run that also builds the candles, a failed one stops them.
 # No `from __future__ import annotations` here: Dagster reads the checks' annotations at import.
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
 
@@ -31,7 +31,7 @@ from trades_platform.archive.assets import kraken_candles_1m, kraken_trades_parq
 from trades_platform.archive.candles import MINUTE_US
 from trades_platform.archive.parquet import build_day_trades, invalid_examples, read_parquet_bytes
 from trades_platform.archive.storage import CANDLES_DATASET, TRADES_DATASET, ArchiveStore
-from trades_platform.backfill.checks import reported_window
+from trades_platform.backfill.checks import judge_each_partition, reported_window
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
 from trades_platform.backfill.readback import read_pair_window
 from trades_platform.id_counts import count_ids
@@ -48,27 +48,6 @@ _EXAMPLES = 5
 
 _PARQUET_KEY = kraken_trades_parquet.key
 _CANDLES_KEY = kraken_candles_1m.key
-
-
-def _per_partition(
-    context: AssetCheckExecutionContext,
-    judge: Callable[[str], Iterator[AssetCheckResult]],
-) -> Iterator[AssetCheckResult | AssetCheckEvaluation]:
-    """Judge each partition of the run; a run over several records each verdict against its own."""
-    keys = list(context.partition_keys)
-    for key in keys:
-        for result in judge(key):
-            if len(keys) == 1 or result.asset_key is None:
-                yield result
-            else:
-                yield AssetCheckEvaluation(
-                    asset_key=result.asset_key,
-                    check_name=result.check_name or "",
-                    passed=result.passed,
-                    metadata=result.metadata,
-                    severity=result.severity,
-                    partition=key,
-                )
 
 
 def _examples(ids: list[int]) -> list[int]:
@@ -106,7 +85,9 @@ def kraken_trades_parquet_checks(
     context: AssetCheckExecutionContext, redpanda: RedpandaResource, archive: ArchiveResource
 ) -> Iterator[AssetCheckResult | AssetCheckEvaluation]:
     """Compare each partition's Parquet file with the topic's records of its day."""
-    yield from _per_partition(context, lambda key: _judge_parquet(context, key, redpanda, archive))
+    yield from judge_each_partition(
+        context, lambda key: _judge_parquet(context, key, redpanda, archive)
+    )
 
 
 def _judge_parquet(
@@ -227,7 +208,7 @@ def kraken_candles_1m_checks(
     context: AssetCheckExecutionContext, archive: ArchiveResource
 ) -> Iterator[AssetCheckResult | AssetCheckEvaluation]:
     """Compare each partition's candles with its Parquet day."""
-    yield from _per_partition(context, lambda key: _judge_candles(context, key, archive))
+    yield from judge_each_partition(context, lambda key: _judge_candles(context, key, archive))
 
 
 def _judge_candles(

@@ -8,7 +8,7 @@ not what the asset meant to write.
 # No `from __future__ import annotations` here: Dagster reads the check's annotations at import.
 
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -210,21 +210,29 @@ def kraken_trades_history_checks(
     context: AssetCheckExecutionContext, redpanda: RedpandaResource
 ) -> Iterator[AssetCheckResult | AssetCheckEvaluation]:
     """Judge each partition of the run (one, or a backfill's range) on what it reads back."""
+    yield from judge_each_partition(context, lambda key: _judge_partition(context, key, redpanda))
+
+
+def judge_each_partition(
+    context: AssetCheckExecutionContext, judge: Callable[[str], Iterator[AssetCheckResult]]
+) -> Iterator[AssetCheckResult | AssetCheckEvaluation]:
+    """Judge each partition of the run; in a run over a range each verdict names its partition."""
     keys = list(context.partition_keys)
     for key in keys:
-        for result in _judge_partition(context, key, redpanda):
+        for result in judge(key):
             if len(keys) == 1:
                 yield result
-            else:
-                # A run over a range: each verdict is recorded against its own partition.
-                yield AssetCheckEvaluation(
-                    asset_key=_ASSET_KEY,
-                    check_name=result.check_name or "",
-                    passed=result.passed,
-                    metadata=result.metadata,
-                    severity=result.severity,
-                    partition=key,
-                )
+                continue
+            if result.asset_key is None:
+                raise ValueError(f"check {result.check_name!r}: a verdict must name its asset")
+            yield AssetCheckEvaluation(
+                asset_key=result.asset_key,
+                check_name=result.check_name or "",
+                passed=result.passed,
+                metadata=result.metadata,
+                severity=result.severity,
+                partition=key,
+            )
 
 
 def _judge_partition(

@@ -14,6 +14,7 @@ from dagster import (
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     evaluate_automation_conditions,
+    in_process_executor,
     instance_for_test,
 )
 
@@ -254,6 +255,8 @@ def test_the_archive_is_in_the_definitions() -> None:
     instance_config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
     limits = instance_config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": ARCHIVE_RUN_TAG, "limit": 1} in limits
+    # ... and each runs in one process, not one per step.
+    assert defs.resolve_implicit_global_asset_job_def().executor_def is in_process_executor
     for asset in (kraken_trades_parquet, kraken_candles_1m):
         spec = next(iter(asset.specs))
         assert spec.freshness_policy is not None

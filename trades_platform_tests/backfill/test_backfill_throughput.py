@@ -37,7 +37,10 @@ from trades_platform.processes import stop_process
 from trades_platform.testing import SimulatorProcess, cli_env, count_pairs, read_topic
 from trades_platform.testing.topic import unique_topic
 
-pytestmark = pytest.mark.slow
+# Alone (`make test` runs the `solo` tests after the parallel ones): what is measured is the
+# product's use of the allowance beside its own live run and archive, not how much CPU three
+# unrelated test workers leave it on two cores.
+pytestmark = [pytest.mark.slow, pytest.mark.solo]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PAIRS = ("BTC/USD", "ETH/USD")
