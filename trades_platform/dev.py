@@ -31,6 +31,8 @@ from trades_platform.processes import signal_group, stop_process
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KRAKEN_HOST = "ws.kraken.com"
 SIMULATOR_PORT = 8765
+# How long each started piece gets to exit on SIGTERM (Dagster flushes the live run) before SIGKILL.
+STOP_TIMEOUT_SECONDS = 30
 
 
 def kraken_reachable(timeout_seconds: float = 3.0) -> bool:
@@ -122,7 +124,7 @@ class DevStack:
             return
         if self.local_broker == "kafka":
             print("Starting a 3-node Apache Kafka cluster on loopback (about 20 s)...", flush=True)
-            self._kafka = KafkaCluster(nodes=3).start()
+            self._kafka = KafkaCluster(nodes=3, own_session=True).start()
             print(f"Started Apache Kafka on {self._kafka.bootstrap}", flush=True)
             self.env["KAFKA_BROKER_ADDRESS"] = self._kafka.bootstrap
             return
@@ -130,7 +132,9 @@ class DevStack:
             with socket.create_connection(("127.0.0.1", BROKER_PORT), timeout=1):
                 print(f"A broker already listens on 127.0.0.1:{BROKER_PORT}; using it", flush=True)
         except OSError:
-            self._broker = LocalBroker(BROKER_PORT, log_path=self.log_dir / "broker.log").start()
+            self._broker = LocalBroker(
+                BROKER_PORT, log_path=self.log_dir / "broker.log", own_session=True
+            ).start()
             print(f"Started the local broker (tansu) on {self._broker.address}", flush=True)
         self.env["KAFKA_BROKER_ADDRESS"] = f"127.0.0.1:{BROKER_PORT}"
 
@@ -191,7 +195,7 @@ class DevStack:
         """Stop Dagster first (it flushes the live run), then the simulator and the broker."""
         for name, process in reversed(self._processes):
             print(f"Stopping {name}...", flush=True)
-            stop_process(process, timeout_seconds=30, group=True)
+            stop_process(process, timeout_seconds=STOP_TIMEOUT_SECONDS, group=True)
             # Run workers outlive `dagster dev`'s own exit by a moment; stop them too.
             time.sleep(1)
             signal_group(process, signal.SIGKILL)
@@ -201,8 +205,25 @@ class DevStack:
             self._kafka.close()
 
 
-def _stop_on_sigterm(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+class _Interrupt:
+    """Ctrl-C or SIGTERM: the first one stops the stack; any later one only says it is stopping.
+
+    A second signal must not cut the stop short (Ctrl-C pressed twice, or `make` and a `timeout`
+    both passing SIGTERM on): that would leave Dagster, the simulator or the broker running.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, _signum: int, _frame: object) -> None:
+        if self.received:
+            print(
+                f"Still stopping (each piece gets {STOP_TIMEOUT_SECONDS} s, then SIGKILL)...",
+                flush=True,
+            )
+            return
+        self.received = True
+        raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -228,13 +249,16 @@ def main() -> int:
     )
     args = parser.parse_args()
     stack = DevStack(args.port, args.offline, args.simulator_port, args.local_broker)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    interrupt = _Interrupt()
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         stack.start()
         return stack.wait()
     except KeyboardInterrupt:
         return 0
     finally:
+        interrupt.received = True  # from here on a signal cannot cut the stop short either
         stack.stop()
 
 

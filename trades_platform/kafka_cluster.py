@@ -131,9 +131,12 @@ class KafkaCluster:
         directory: Path | None = None,
         extra_properties: Mapping[str, object] | None = None,
         advertised_ports: Mapping[int, int] | None = None,
+        own_session: bool = False,
     ) -> None:
         """`extra_properties`: server.properties on top of (or instead of) the cluster's own.
         `advertised_ports`: node id -> the port clients are told to reach it on (a proxy's).
+        `own_session`: each node leads a process group of its own, so a Ctrl-C meant for the
+        cluster's owner does not stop it under clients still flushing; the owner stops it.
         """
         if nodes not in (1, 3):
             raise ValueError(f"a cluster of 1 or 3 nodes, not {nodes}")
@@ -148,6 +151,7 @@ class KafkaCluster:
         ]
         self._extra_properties = dict(extra_properties or {})
         self._advertised_ports = dict(advertised_ports or {})
+        self._own_session = own_session
         self._formatted = False
         self._admin_client: AdminClient | None = None
 
@@ -342,7 +346,9 @@ class KafkaCluster:
             str(node.directory / "server.properties"),
         ]
         with open(node.log_path, "ab") as log:
-            node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            node.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=self._own_session
+            )
 
     def _wait(self, ready: object, deadline: float, what: str) -> None:
         assert callable(ready)

@@ -90,19 +90,25 @@ class LocalBroker:
         port: int | None = None,
         log_path: Path | None = None,
         advertised_port: int | None = None,
+        own_session: bool = False,
     ) -> None:
+        """`own_session`: the broker leads a process group of its own, so a Ctrl-C meant for its
+        owner does not stop it under clients still flushing; the owner stops it (`stop`)."""
         self.port = port or free_port()
         # Clients bootstrap here; metadata sends them to the advertised port (a proxy, in tests).
         self.advertised_port = advertised_port or self.port
         self.address = f"127.0.0.1:{self.advertised_port}"
         self._log_path = log_path
+        self._own_session = own_session
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_seconds: float = 15.0) -> LocalBroker:
         """Start the broker and wait until it accepts connections."""
         command = broker_command(self.port, self.advertised_port)
         output = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        self._process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=self._own_session
+        )
         try:
             wait_for_port("127.0.0.1", self.port, timeout_seconds)
         except TimeoutError:

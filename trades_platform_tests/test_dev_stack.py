@@ -1,5 +1,6 @@
 """`make run`'s launcher end to end: daemon + sensor start the live run, the UI's GraphQL API sees
-it Running, trades land in the topic; a killed worker is replaced; a terminated run stays stopped.
+it Running, trades land in the topic; a killed worker is replaced; a terminated run stays stopped;
+Ctrl-C pressed twice still stops everything it started, the broker last.
 """
 
 import os
@@ -108,9 +109,55 @@ def test_run_command_can_start_apache_kafka_instead(tmp_path: Path) -> None:
             stack,
         )
         assert not duplicated_ids(records)
-        process = stack.process
-    assert process.poll() is not None
-    # The cluster's JVMs went with the launcher: nothing listens on its first node any more.
+        launcher = stack.process.pid
+        started = _descendants(launcher)
+        # Ctrl-C in the launcher's terminal reaches the launcher alone: every piece it started
+        # (the Kafka nodes too) leads a process group of its own and is stopped in order.
+        children = {pid: pgid for pid, (parent, pgid) in started.items() if parent == launcher}
+        assert len(children) >= 5, started  # 3 Kafka nodes, the simulator, dagster dev
+        assert all(pgid != launcher for pgid in children.values()), children
+        # Ctrl-C pressed twice: SIGINT to the launcher's process group, then again while it stops.
+        os.killpg(launcher, signal.SIGINT)
+        time.sleep(2)
+        os.killpg(launcher, signal.SIGINT)
+        assert stack.process.wait(timeout=180) == 0, stack.log_tail()
+        assert "Still stopping" in stack.log_tail(200_000)
+        assert "Traceback" not in stack.log_tail(200_000), stack.log_tail()
+    # Nothing it started outlived it: the cluster's JVMs, the simulator, Dagster and its runs.
+    deadline = time.monotonic() + 10
+    while [pid for pid in started if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [pid for pid in started if _alive(pid)], started
     host, port = bootstrap.split(",")[0].split(":")
     with pytest.raises(OSError):
         socket.create_connection((host, int(port)), timeout=2).close()
+
+
+def _descendants(root: int) -> dict[int, tuple[int, int]]:
+    """Every process below `root`: pid -> (parent pid, process group), from /proc."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    found: dict[int, tuple[int, int]] = {}
+    frontier = [root]
+    while frontier:
+        below = frontier.pop()
+        for pid, (parent, pgid) in table.items():
+            if parent == below and pid not in found:
+                found[pid] = (parent, pgid)
+                frontier.append(pid)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Still running; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

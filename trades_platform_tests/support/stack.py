@@ -145,6 +145,8 @@ def running_stack(env: Mapping[str, str], log_path: Path) -> Iterator[RunningSta
             [sys.executable, "-m", "trades_platform.dev", "--offline", "--port", str(port),
              "--simulator-port", "0"],
             cwd=PROJECT_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            # A group of its own, as a terminal gives a command: a test can press "Ctrl-C".
+            start_new_session=True,
         )  # fmt: skip
     stack = RunningStack(process, port, log_path)
     try:
