@@ -48,8 +48,11 @@ system-deps: ## Install (apt) and start what the tests need: PostgreSQL, Chromiu
 	.ci/system-deps
 
 test: install system-deps ## Run the whole test suite, as CI does (real broker, simulator, Dagster, Postgres)
-	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not solo"
-	$(BIN)/python -m pytest -m solo
+	@# Both tiers run even when the first fails, so one run reports every failure; then it fails.
+	@status=0; \
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not solo" || status=$$?; \
+	$(BIN)/python -m pytest -m solo || status=$$?; \
+	exit $$status
 
 test-fast: install ## The fast tier for development (< 3 min): no faults, browser, Postgres, compose, dev stack
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not ($(SLOW_MARKERS))"
