@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, Union, get_args, get_orig
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import Field, SecretStr
 
+from trades_platform.archive.storage import ArchiveStore
 from trades_platform.kraken.budget import Purpose
 from trades_platform.kraken.rest import KrakenRestClient, RestSettings
 from trades_platform.kraken.websocket import (
@@ -285,3 +286,7 @@ class ArchiveResource(_MirroredResource):
         """The resource's values, checked by the settings model (the freshness bound is read
         with the definitions, not per run)."""
         return ArchiveSettings(url=self.url)
+
+    def store(self) -> ArchiveStore:
+        """The archive's files at the resource's (checked) URL: how assets and checks reach them."""
+        return ArchiveStore(self.archive_settings().url)

@@ -31,7 +31,7 @@ from trades_platform.archive.parquet import (
     parquet_bytes,
     read_parquet_bytes,
 )
-from trades_platform.archive.storage import CANDLES_DATASET, TRADES_DATASET, ArchiveStore
+from trades_platform.archive.storage import CANDLES_DATASET, TRADES_DATASET
 from trades_platform.backfill.asset import kraken_trades_history
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
 from trades_platform.backfill.readback import read_pair_window
@@ -85,7 +85,7 @@ def kraken_trades_parquet(
             f"Dropped {day.duplicates_dropped} repeated records of trade ids already in the "
             f"day ({day.duplicates_differing} of them differ beyond source/received_ms)"
         )
-    store = ArchiveStore(archive.archive_settings().url)
+    store = archive.store()
     written = store.write(TRADES_DATASET, window, parquet_bytes(day.table))
     ids = day.table.column("trade_id")
     rows = day.table.num_rows
@@ -138,7 +138,7 @@ def kraken_candles_1m(
     """Compute the day's candles from its Parquet file and write them as Parquet."""
     started = time.monotonic()
     window = PartitionWindow.from_key(context.partition_key)
-    store = ArchiveStore(archive.archive_settings().url)
+    store = archive.store()
     data = store.read(TRADES_DATASET, window)
     if data is None:
         raise FileNotFoundError(

@@ -30,7 +30,7 @@ from dagster import (
 from trades_platform.archive.assets import kraken_candles_1m, kraken_trades_parquet
 from trades_platform.archive.candles import MINUTE_US
 from trades_platform.archive.parquet import build_day_trades, invalid_examples, read_parquet_bytes
-from trades_platform.archive.storage import CANDLES_DATASET, TRADES_DATASET, ArchiveStore
+from trades_platform.archive.storage import CANDLES_DATASET, TRADES_DATASET
 from trades_platform.backfill.checks import judge_each_partition, reported_window
 from trades_platform.backfill.partitions import TRADES_HISTORY_PARTITIONS, PartitionWindow
 from trades_platform.backfill.readback import read_pair_window
@@ -97,7 +97,7 @@ def _judge_parquet(
     archive: ArchiveResource,
 ) -> Iterator[AssetCheckResult]:
     window = PartitionWindow.from_key(key)
-    store = ArchiveStore(archive.archive_settings().url)
+    store = archive.store()
     url = store.day_url(TRADES_DATASET, window)
     data = store.read(TRADES_DATASET, window)
     table = read_parquet_bytes(data) if data is not None else None
@@ -215,7 +215,7 @@ def _judge_candles(
     context: AssetCheckExecutionContext, key: str, archive: ArchiveResource
 ) -> Iterator[AssetCheckResult]:
     window = PartitionWindow.from_key(key)
-    store = ArchiveStore(archive.archive_settings().url)
+    store = archive.store()
     candles_data = store.read(CANDLES_DATASET, window)
     trades_data = store.read(TRADES_DATASET, window)
     candles = read_parquet_bytes(candles_data) if candles_data is not None else None
