@@ -61,7 +61,8 @@ CLAIM_HEARTBEAT_SECONDS = 10.0
 # A heartbeat the broker did not acknowledge within this bound does not count.
 CLAIM_HEARTBEAT_ACK_SECONDS = 5.0
 # A live writer writes only while its acknowledged heartbeats are never further apart than this:
-# a broker out of reach for up to about 25 s (two heartbeats lost) costs the claim nothing.
+# a broker out of reach for up to about 24 s (the bound less one interval, less a reconnect) costs
+# the claim nothing, whenever in the heartbeat's cycle it leaves.
 CLAIM_STANDING_SECONDS = 35.0
 # After claiming, the live writer waits this long, then re-reads the topic: any backfill page that
 # started before the claim was visible has landed by then, or failed and will never land.

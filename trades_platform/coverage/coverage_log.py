@@ -50,11 +50,21 @@ POLL_SECONDS = 1.0
 # claims last long enough for it (ARCHITECTURE.md, assumption 5). Reproduced on Kafka in
 # trades_platform_tests/faults/test_possibly_persisted.py.
 POSSIBLY_PERSISTED_SECONDS = 30.0
+# A holder's standing is a clock: once the broker is back, its producer redials within a second
+# (librdkafka's default back-off grows to 10 s while the broker refuses, which can eat the rest of
+# the standing bound).
+HOLDER_RECONNECT_BACKOFF_MAX_MS = 1000
 
 
 def coverage_producer(settings: KafkaSettings) -> Producer:
     """An idempotent producer for coverage records (its retries never write a record twice)."""
-    return Producer({**settings.client_config(), "enable.idempotence": True})
+    return Producer(
+        {
+            **settings.client_config(),
+            "enable.idempotence": True,
+            "reconnect.backoff.max.ms": HOLDER_RECONNECT_BACKOFF_MAX_MS,
+        }
+    )
 
 
 def ensure_coverage_topic(settings: KafkaSettings) -> None:
@@ -315,14 +325,21 @@ class Heartbeater:
             self._thread.join()
 
     def _loop(self) -> None:
+        next_beat_at = time.monotonic() + self._interval
         while True:
-            self._wake.wait(self._interval)
+            self._wake.wait(max(0.0, next_beat_at - time.monotonic()))
             self._wake.clear()
             # A holder that lost its standing stays silent: a watcher then sees it over.
             if self._stop.is_set() or self.lost_reason() is not None:
                 return
             self.beats += 1
             sent_at = time.monotonic()
+            # Due one interval after this send, however long its acknowledgement and read-back
+            # take; while the broker is away, as soon as this one's wait is over. A heartbeat
+            # stays in flight then, so the first the broker answers after its return counts (an
+            # interval's wait after each failure once cost a holder its standing when the outage
+            # ended within the bound).
+            next_beat_at = sent_at + self._interval
             try:
                 publish_and_wait(
                     self._producer,
@@ -333,6 +350,7 @@ class Heartbeater:
                 )
             except (TimeoutError, KafkaException, BufferError) as error:
                 self._report(f"heartbeat {self.beats} not acknowledged ({error})")
+                next_beat_at = sent_at + min(self._interval, self._ack_seconds)
                 continue
             with self._acked:
                 gap = sent_at - self._last_acked_sent_at

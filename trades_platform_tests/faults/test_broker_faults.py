@@ -136,6 +136,43 @@ def test_a_cut_past_the_delivery_timeout_fails_the_run_and_the_relaunch_recovers
     print(f"[faults] cut-past-timeout: error {error.splitlines()[0][:200]}")
 
 
+def test_a_lease_holder_keeps_its_standing_through_a_cut_shorter_than_the_bound(
+    proxied_broker: ProxiedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cut from just before a heartbeat until 3.2 s before the standing runs out costs nothing.
+
+    The holder keeps a heartbeat in flight while the broker is away, so the first one the broker
+    answers after it is back counts. Waiting a whole interval after each unacknowledged heartbeat
+    (as the holder once did) lost the standing here: it sent its next one only after the bound.
+    """
+    # The live claim's ratios (10 s heartbeat, 5 s ack, 35 s standing), scaled down.
+    monkeypatch.setattr(window_leases, "WINDOW_HEARTBEAT_SECONDS", 4.0)
+    monkeypatch.setattr(window_leases, "WINDOW_HEARTBEAT_ACK_SECONDS", 2.0)
+    monkeypatch.setattr(window_leases, "WINDOW_STANDING_SECONDS", 15.5)
+    settings = KafkaSettings(broker_address=proxied_broker.address, topic=unique_topic())
+    failures: list[str] = []
+    day = (19_800 * 86_400_000_000, 19_801 * 86_400_000_000)
+    holder = WindowLeaseHolder(
+        settings, "BTC/USD", *day, owner="rides-it-out", on_heartbeat_failure=failures.append
+    )
+    holder.acquire()
+    started = time.monotonic()
+    try:
+        # The first heartbeat is due 4 s after the acquisition; the broker leaves just before.
+        time.sleep(3.9)
+        proxied_broker.proxy.cut(8.4)
+        assert proxied_broker.proxy.wait_restored(timeout_seconds=30)
+        # Past the standing bound as counted from the acquisition: only a heartbeat acknowledged
+        # after the broker came back keeps the lease now.
+        time.sleep(max(0.0, started + 15.8 - time.monotonic()))
+        holder.ensure_held()
+    finally:
+        holder.release()
+    assert failures and "not acknowledged" in failures[0], failures
+    assert proxied_broker.proxy.stats.refused >= 1, "no heartbeat tried the broker during the cut"
+    print(f"[faults] lease-short-cut: {len(failures)} heartbeats unacknowledged, standing kept")
+
+
 def test_a_backfill_lease_holder_cut_off_from_the_broker_stops_for_good(
     proxied_broker: ProxiedBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
