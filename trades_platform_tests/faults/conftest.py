@@ -142,13 +142,16 @@ def run_live(
     raise_on_error: bool = True,
     **config: object,
 ) -> ExecuteInProcessResult:
-    """One bounded run of the live job, in process."""
-    return live_trades_job.execute_in_process(
+    """One bounded run of the live job, in process; with `raise_on_error`, it must succeed."""
+    result = live_trades_job.execute_in_process(
         run_config=live_config(**config),
         resources={"kraken": kraken, "redpanda": redpanda},
         instance=instance,
-        raise_on_error=raise_on_error,
+        raise_on_error=False,
     )
+    if raise_on_error:
+        assert result.success, failure_summary(result)
+    return result
 
 
 def run_backfill(
@@ -159,14 +162,36 @@ def run_backfill(
     *,
     raise_on_error: bool = True,
 ) -> ExecuteInProcessResult:
-    """Materialize one partition of the backfill asset, in process."""
-    return materialize(
+    """Materialize one backfill partition in process; with `raise_on_error`, it must succeed."""
+    result = materialize(
         [kraken_trades_history],
         partition_key=partition_key,
         resources={"kraken": kraken, "redpanda": redpanda},
         instance=instance,
-        raise_on_error=raise_on_error,
+        raise_on_error=False,
     )
+    if raise_on_error:
+        assert result.success, failure_summary(result)
+    return result
+
+
+def failure_summary(result: ExecuteInProcessResult) -> str:
+    """Each failed step's error and its causes, a line each, and where the innermost was raised.
+
+    Dagster's own traceback of a failed step runs to a hundred lines of framework code before the
+    error; CI keeps the end of a test's output, so this puts the error itself last.
+    """
+    lines = ["the run failed:"]
+    for event in result.all_events:
+        error = event.step_failure_data.error if event.is_step_failure else None
+        innermost = error
+        while error is not None:
+            lines.append(f"  {event.step_key}: {error.message.strip()[:500]}")
+            innermost, error = error, error.cause
+        if innermost is not None:
+            for frame in innermost.stack[-2:]:
+                lines.append("    " + " | ".join(part.strip() for part in frame.splitlines()))
+    return "\n".join(lines)
 
 
 def backfill_metadata(result: ExecuteInProcessResult) -> dict[str, Any]:
