@@ -136,6 +136,27 @@ def test_a_cut_past_the_delivery_timeout_fails_the_run_and_the_relaunch_recovers
     print(f"[faults] cut-past-timeout: error {error.splitlines()[0][:200]}")
 
 
+def _shrunk_lease_holder(
+    monkeypatch: pytest.MonkeyPatch,
+    proxied_broker: ProxiedBroker,
+    owner: str,
+    failures: list[str],
+    *,
+    beat: float,
+    ack: float,
+    standing: float,
+) -> WindowLeaseHolder:
+    """A lease on one day of BTC/USD in a fresh topic, with the heartbeat's bounds shrunk."""
+    monkeypatch.setattr(window_leases, "WINDOW_HEARTBEAT_SECONDS", beat)
+    monkeypatch.setattr(window_leases, "WINDOW_HEARTBEAT_ACK_SECONDS", ack)
+    monkeypatch.setattr(window_leases, "WINDOW_STANDING_SECONDS", standing)
+    settings = KafkaSettings(broker_address=proxied_broker.address, topic=unique_topic())
+    day = (19_800 * 86_400_000_000, 19_801 * 86_400_000_000)
+    return WindowLeaseHolder(
+        settings, "BTC/USD", *day, owner=owner, on_heartbeat_failure=failures.append
+    )
+
+
 def test_a_lease_holder_keeps_its_standing_through_a_cut_shorter_than_the_bound(
     proxied_broker: ProxiedBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,15 +166,10 @@ def test_a_lease_holder_keeps_its_standing_through_a_cut_shorter_than_the_bound(
     answers after it is back counts. Waiting a whole interval after each unacknowledged heartbeat
     (as the holder once did) lost the standing here: it sent its next one only after the bound.
     """
-    # The live claim's ratios (10 s heartbeat, 5 s ack, 35 s standing), scaled down.
-    monkeypatch.setattr(window_leases, "WINDOW_HEARTBEAT_SECONDS", 4.0)
-    monkeypatch.setattr(window_leases, "WINDOW_HEARTBEAT_ACK_SECONDS", 2.0)
-    monkeypatch.setattr(window_leases, "WINDOW_STANDING_SECONDS", 15.5)
-    settings = KafkaSettings(broker_address=proxied_broker.address, topic=unique_topic())
     failures: list[str] = []
-    day = (19_800 * 86_400_000_000, 19_801 * 86_400_000_000)
-    holder = WindowLeaseHolder(
-        settings, "BTC/USD", *day, owner="rides-it-out", on_heartbeat_failure=failures.append
+    # The live claim's ratios (10 s heartbeat, 5 s ack, 35 s standing), scaled down.
+    holder = _shrunk_lease_holder(
+        monkeypatch, proxied_broker, "rides-it-out", failures, beat=4.0, ack=2.0, standing=15.5
     )
     holder.acquire()
     started = time.monotonic()
@@ -177,17 +193,12 @@ def test_a_backfill_lease_holder_cut_off_from_the_broker_stops_for_good(
     proxied_broker: ProxiedBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Heartbeats unacknowledged past the standing bound: no further page, even once back."""
+    failures: list[str] = []
     # Shrunk bounds, with room for a loaded 3-node Kafka: at 2 s of standing, a heartbeat
     # producer still waiting for its producer id ("Coordinator load in progress") lost the lease
     # before the cut, in a CI run.
-    monkeypatch.setattr(window_leases, "WINDOW_HEARTBEAT_SECONDS", 1.0)
-    monkeypatch.setattr(window_leases, "WINDOW_HEARTBEAT_ACK_SECONDS", 1.0)
-    monkeypatch.setattr(window_leases, "WINDOW_STANDING_SECONDS", 6.0)
-    settings = KafkaSettings(broker_address=proxied_broker.address, topic=unique_topic())
-    failures: list[str] = []
-    day = (19_800 * 86_400_000_000, 19_801 * 86_400_000_000)
-    holder = WindowLeaseHolder(
-        settings, "BTC/USD", *day, owner="cut-off", on_heartbeat_failure=failures.append
+    holder = _shrunk_lease_holder(
+        monkeypatch, proxied_broker, "cut-off", failures, beat=1.0, ack=1.0, standing=6.0
     )
     holder.acquire()
     try:
