@@ -16,6 +16,7 @@ from trades_platform.simulator.market import SimulatedMarket
 from trades_platform.testing import (
     SimulatorProcess,
     grace_backlog,
+    grace_seconds,
     live_run_totals,
     once_every_pair_is_written,
     read_topic,
@@ -53,6 +54,8 @@ class _FrameFaultRun:
     stats: dict[str, Any]
     sent: dict[str, tuple[int, int]]
     totals: dict[str, int | float]
+    # How long its claims could wait their grace periods first (0 away from midnight UTC).
+    grace_seconds: float
 
 
 def _run_with_frame_faults(
@@ -69,6 +72,7 @@ def _run_with_frame_faults(
     topic = unique_topic(f"faults-{label}")
     trades = grace_backlog(len(LIVE_PAIRS), LIVE_RATE) + 400
     with SimulatorProcess(*live_flags(*flags)) as sim:
+        grace = grace_seconds(len(LIVE_PAIRS))
         result = run_live(
             live_kraken(sim),
             RedpandaResource(broker_address=broker, topic=topic),
@@ -80,7 +84,7 @@ def _run_with_frame_faults(
         sent = trades_sent(sim)
     assert result.success
     totals = run_totals(instance, result.run_id)
-    return _FrameFaultRun(topic, trades, result.run_id, ended_us, stats, sent, totals)
+    return _FrameFaultRun(topic, trades, result.run_id, ended_us, stats, sent, totals, grace)
 
 
 def _stall_once(sim: SimulatorProcess, **switches: object) -> None:
@@ -331,7 +335,9 @@ def test_a_message_too_slow_or_too_big_costs_a_reconnect_not_the_run(
     lost = [m for m in run_messages(dagster_instance, run.run_id) if "connection lost" in m]
     assert any(reason in message for message in lost), lost
     # No reconnect waited for the whole slow message: each came within the watchdog's reach.
-    assert totals["lag_p99_seconds"] < 15, totals
+    # (Near midnight UTC the trades that piled up while the claims waited their grace periods
+    # are behind by that wait; the reason above still shows the cut at the watchdog.)
+    assert totals["lag_p99_seconds"] < 15 + run.grace_seconds, totals
     assert_event_log_bounded(run_messages(dagster_instance, run.run_id), totals)
     records = read_topic(broker, run.topic, expected=run.trades)
     assert_exactly_once(

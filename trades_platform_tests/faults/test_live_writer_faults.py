@@ -26,6 +26,7 @@ from trades_platform.testing import (
     TopicRecord,
     cli_env,
     grace_backlog,
+    grace_seconds,
     live_run_totals,
     read_topic,
     unique_topic,
@@ -448,16 +449,20 @@ def test_a_second_live_run_started_while_the_first_writes_never_writes(
     """A second `dagster job execute` of the same pairs: it fails loudly, the first goes on."""
     topic = unique_topic("faults-second-live")
     redpanda = RedpandaResource(broker_address=broker, topic=topic)
+    # Near midnight UTC the first run's claims wait their grace periods, one pair after the other.
+    grace = grace_seconds(len(LIVE_PAIRS))
     with (
         SimulatorProcess(*live_flags()) as sim,
-        live_cli(sim, broker, topic, tmp_path / "first", pairs=LIVE_PAIRS, max_seconds=40) as first,
+        live_cli(
+            sim, broker, topic, tmp_path / "first", pairs=LIVE_PAIRS, max_seconds=40 + grace
+        ) as first,
     ):
-        wait_for_claim(redpanda, "ETH/USD", timeout_seconds=90)
+        wait_for_claim(redpanda, "ETH/USD", timeout_seconds=90 + grace)
         second = run_live(
             live_kraken(sim), redpanda, dagster_instance, raise_on_error=False, max_seconds=30
         )
         assert first.process.poll() is None, "the first run ended before the second one's check"
-        assert first.wait(timeout_seconds=120) == 0, first.output[-4000:]
+        assert first.wait(timeout_seconds=120 + grace) == 0, first.output[-4000:]
         ended_us = wall_us(seconds_ago=5)
         sent = trades_sent(sim)
     assert not second.success

@@ -20,6 +20,7 @@ from trades_platform.testing import (
     cli_env,
     duplicated_ids,
     grace_backlog,
+    grace_seconds,
     ids_by_pair,
     live_run_totals,
     once_every_pair_is_written,
@@ -124,8 +125,10 @@ def test_reconnects_mid_run_and_still_writes_each_trade_once(broker: str) -> Non
 def test_an_unsupported_pair_fails_the_run_with_its_name(
     simulator: SimulatorProcess, broker: str
 ) -> None:
+    # Near midnight UTC the BTC/USD claim waits its grace period before the run reads on to
+    # the refusal of FAKE/USD: a 30 s bound alone ended the run first.
     result = live_trades_job.execute_in_process(
-        run_config=_run_config(max_seconds=30),
+        run_config=_run_config(max_seconds=30 + grace_seconds(2)),
         resources={
             "kraken": KrakenResource(ws_url=simulator.ws_url, pairs=["BTC/USD", "FAKE/USD"]),
             "redpanda": RedpandaResource(broker_address=broker, topic=unique_topic()),
