@@ -102,7 +102,11 @@ def test_a_cut_past_the_delivery_timeout_fails_the_run_and_the_relaunch_recovers
         cut = partial(proxy.cut, CUT_SECONDS)
         with once_every_pair_is_written(proxy.address, topic, LIVE_PAIRS, cut) as cutting:
             failed = run_live(
-                kraken, redpanda, dagster_instance, raise_on_error=False, max_seconds=60
+                kraken,
+                redpanda,
+                dagster_instance,
+                raise_on_error=False,
+                max_seconds=60 + grace_seconds(len(LIVE_PAIRS)),
             )
         assert cutting.is_set() and not failed.success
         failure = failed.failure_data_for_node("stream_live_trades")

@@ -9,7 +9,13 @@ from dagster import DagsterInstance
 
 from trades_platform.resources import RedpandaResource
 from trades_platform.simulator.market import SimulatedMarket
-from trades_platform.testing import SimulatorProcess, cli_env, read_topic, unique_topic
+from trades_platform.testing import (
+    SimulatorProcess,
+    cli_env,
+    grace_seconds,
+    read_topic,
+    unique_topic,
+)
 from trades_platform_tests.faults.conftest import (
     BACKFILL_RATE,
     LIVE_JOB_COMMAND,
@@ -58,8 +64,10 @@ def test_sigkill_of_a_live_run_then_the_next_run_recovers(broker: str, tmp_path:
         last_progress = [line for line in first.lines if "trades written (" in line][-1]
         # Reading what the killed run left also keeps the job down for a few seconds.
         left = read_topic(broker, topic, idle_seconds=3)
+        # Near midnight UTC its claims then wait their grace periods too.
+        grace = grace_seconds(len(LIVE_PAIRS))
         with CliRun([*LIVE_JOB_COMMAND, "-c", str(bounded)], env) as second:
-            code = second.wait(timeout_seconds=150)
+            code = second.wait(timeout_seconds=150 + grace)
             # The process outlives its run by a second or two.
             ended_us = wall_us(seconds_ago=5)
         sent = trades_sent(sim)
